@@ -1,0 +1,217 @@
+"""The graph IR every stage works on.
+
+We keep ONNX's own NodeProto for nodes (nothing to translate, nothing lost) but hold weights as
+numpy arrays keyed by tensor name, because every stage after loading (folding, scoring, surgery)
+reads or slices weights, and a numpy view is the cheap, uniform way to do that. Producer and
+consumer indexes are rebuilt on demand after passes rewrite the node list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# Weights above this many elements are declared, not embedded, when shapes are inferred:
+# copying them is what makes onnx shape inference slow, and no shape depends on their values.
+_INFER_EMBED_LIMIT = 4096
+
+
+@dataclass
+class Graph:
+    """A mutable ONNX graph: nodes in topological order, weights as numpy arrays."""
+
+    model: onnx.ModelProto  # metadata, opsets, graph inputs/outputs; its initializers are unused
+    nodes: list[onnx.NodeProto]
+    weights: dict[str, np.ndarray]
+    shapes: dict[str, tuple] = field(default_factory=dict)  # dims: int, or None when unknown
+    dtypes: dict[str, int] = field(default_factory=dict)
+    # |gamma| of BatchNorms folded away, keyed by the tensor the BN produced: the BN-scale
+    # criterion needs them after folding has removed the BN nodes.
+    bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    _producer: dict[str, onnx.NodeProto] = field(default_factory=dict, repr=False)
+    _consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto) -> "Graph":
+        """Build the IR; Constant nodes become weights (Paddle/TF exports keep weights there)."""
+        weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        nodes = []
+        for node in model.graph.node:
+            value = _constant_value(node)
+            if value is not None:
+                weights[node.output[0]] = value
+            else:
+                nodes.append(node)
+        graph = cls(model=_without_weights(model), nodes=nodes, weights=weights)
+        graph.reindex()
+        return graph
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def opset(self) -> int:
+        for imp in self.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return imp.version
+        return 1
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.model.graph.input if v.name not in self.weights]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.model.graph.output]
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        return self._producer.get(tensor)
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return self._consumers.get(tensor, [])
+
+    def const(self, tensor: str) -> np.ndarray | None:
+        """The value of a tensor known at compile time, or None."""
+        return self.weights.get(tensor) if tensor else None
+
+    def shape(self, tensor: str) -> tuple | None:
+        if tensor in self.weights:
+            return tuple(self.weights[tensor].shape)
+        return self.shapes.get(tensor)
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def node_by_name(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    # ---------------------------------------------------------------- mutation
+    def reindex(self) -> None:
+        """Rebuild producer/consumer maps after the node list changed."""
+        self._producer = {}
+        self._consumers = {}
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self._producer[out] = node
+            for name in _node_inputs(node):
+                if name:
+                    self._consumers.setdefault(name, []).append(node)
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Point every consumer of `old` at `new` (graph outputs are left to the caller)."""
+        for node in self.consumers(old):
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+
+    def unique_name(self, base: str) -> str:
+        taken = set(self.weights) | set(self._producer) | {n.name for n in self.nodes}
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    # ---------------------------------------------------------------- shapes
+    def infer_shapes(self) -> None:
+        """Static shapes for every tensor, inferred without copying large weights."""
+        model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # partial information is still useful; a broken graph fails later
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        self.shapes, self.dtypes = {}, {}
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
+                continue
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            self.shapes[vi.name] = dims
+            self.dtypes[vi.name] = t.elem_type
+
+    # ---------------------------------------------------------------- export
+    def to_model(self, embed_limit: int | None = None) -> onnx.ModelProto:
+        """Assemble a ModelProto. With `embed_limit`, larger weights are declared as graph
+        inputs instead of embedded (used for fast shape inference only)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        g = model.graph
+        del g.node[:]
+        g.node.extend(self.nodes)
+        del g.value_info[:]
+        declared = []
+        for name, array in self.weights.items():
+            if not self._used(name):
+                continue
+            if embed_limit is not None and array.size > embed_limit:
+                declared.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+            else:
+                g.initializer.append(numpy_helper.from_array(array, name))
+        # Inputs that name weights (IR < 4 models list them) must follow the weights' new shapes.
+        real_inputs = [v for v in g.input if v.name not in self.weights]
+        weight_inputs = [helper.make_tensor_value_info(
+            v.name, helper.np_dtype_to_tensor_dtype(self.weights[v.name].dtype),
+            self.weights[v.name].shape) for v in g.input if v.name in self.weights]
+        del g.input[:]
+        g.input.extend(real_inputs + weight_inputs + declared)
+        return model
+
+    def _used(self, name: str) -> bool:
+        return bool(self._consumers.get(name)) or name in self.output_names
+
+
+def _node_inputs(node: onnx.NodeProto) -> Iterable[str]:
+    """Inputs of a node including names its subgraphs capture from the outer scope."""
+    yield from node.input
+    for attr in node.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subgraphs:
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            inner |= {t.name for t in sub.initializer}
+            for n in sub.node:
+                for name in _node_inputs(n):
+                    if name and name not in inner:
+                        yield name
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.attribute:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    if attr.name == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if attr.name == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if attr.name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    return None  # sparse or string constants stay nodes
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without initializers or nodes (those live in the IR): copying
+    the weights twice is what would make loading large models slow and memory-hungry."""
+    shell = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name == "graph":
+            continue
+        if getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == 3:
+            getattr(shell, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(shell, fd.name).CopyFrom(value)
+        else:
+            setattr(shell, fd.name, value)
+    g, sg = model.graph, shell.graph
+    sg.name, sg.doc_string = g.name, g.doc_string
+    for part in ("input", "output", "value_info", "sparse_initializer", "metadata_props"):
+        getattr(sg, part).extend(getattr(g, part))
+    return shell

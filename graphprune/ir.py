@@ -17,6 +17,9 @@ from onnx import helper, numpy_helper
 # Weights above this many elements are declared, not embedded, when shapes are inferred:
 # copying them is what makes onnx shape inference slow, and no shape depends on their values.
 _INFER_EMBED_LIMIT = 4096
+# Ops whose first output has the shape and type of their first input.
+_SHAPE_PRESERVING = {"GroupNormalization", "InstanceNormalization", "LayerNormalization",
+                     "BatchNormalization", "Relu", "Sigmoid", "Gelu", "HardSwish"}
 
 
 @dataclass
@@ -44,8 +47,10 @@ class Graph:
             value = _constant_value(node)
             if value is not None:
                 weights[node.output[0]] = value
-            else:
-                nodes.append(node)
+            else:  # a copy: passes rewrite nodes, and the caller's model must stay untouched
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                nodes.append(copy)
         graph = cls(model=_without_weights(model), nodes=nodes, weights=weights)
         graph.reindex()
         return graph
@@ -117,13 +122,30 @@ class Graph:
         return name
 
     # ---------------------------------------------------------------- shapes
-    def infer_shapes(self) -> None:
-        """Static shapes for every tensor, inferred without copying large weights."""
-        model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # partial information is still useful; a broken graph fails later
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    def infer_shapes(self, strict: bool = False) -> None:
+        """Static shapes for every tensor, inferred without copying large weights.
+
+        onnx leaves some op outputs untyped (GroupNormalization-21 in onnx 1.23); for ops that
+        keep their input's shape we fill the gap ourselves and infer again, so the tensors
+        after them get shapes too. `strict` raises on any inconsistency (used on results).
+        """
+        hints: list[onnx.ValueInfoProto] = []
+        for _ in range(8):
+            model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
+            model.graph.value_info.extend(hints)
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+            except Exception:  # partial information is still useful
+                inferred = onnx.shape_inference.infer_shapes(model)
+            self._read_shapes(inferred)
+            new_hints = self._shape_preserving_gaps()
+            if not new_hints:
+                break
+            hints += new_hints
+        if strict:
+            onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+
+    def _read_shapes(self, inferred: onnx.ModelProto) -> None:
         self.shapes, self.dtypes = {}, {}
         g = inferred.graph
         for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -133,6 +155,17 @@ class Graph:
             dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
             self.shapes[vi.name] = dims
             self.dtypes[vi.name] = t.elem_type
+
+    def _shape_preserving_gaps(self) -> list[onnx.ValueInfoProto]:
+        hints = []
+        for node in self.nodes:
+            if node.op_type in _SHAPE_PRESERVING and node.output[0] not in self.shapes:
+                src = node.input[0]
+                if src in self.shapes and src in self.dtypes:
+                    hints.append(helper.make_tensor_value_info(
+                        node.output[0], self.dtypes[src],
+                        [d if d is not None else "?" for d in self.shapes[src]]))
+        return hints
 
     # ---------------------------------------------------------------- export
     def to_model(self, embed_limit: int | None = None) -> onnx.ModelProto:

@@ -1,0 +1,234 @@
+"""The pipeline, front to back: load → canonicalize → analyze → score → plan → apply → verify.
+
+Data flows one way; each stage lives in its own module and this one only wires them together.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from .analysis import Analysis, analyze
+from .errors import NothingToPruneError, UnsafeResultError, UsageError
+from .io import load_model, save_model
+from .ir import Graph
+from .metrics import count_macs, count_params
+from .policy import Plan, PolicyConfig, make_plan
+from .scoring import make_criterion
+from .surgery import apply_plan
+from .verify import Fidelity, compare, random_inputs, run
+
+# Kept channel counts are rounded to this multiple by default: ONNX Runtime's CPU conv and GEMM
+# kernels work in blocks of 8/16 floats, and counts off those blocks waste the work saved
+# (bench/latency measures the choice).
+DEFAULT_ROUND_TO = 8
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Report:
+    """What happened, for people (`summary()`) and programs (`to_dict()`)."""
+
+    source: str
+    groups_found: int = 0
+    groups_pruned: int = 0
+    frozen: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+    skipped: dict[str, str] = field(default_factory=dict)
+    passes: list[str] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+    fidelity: Fidelity | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def param_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["param_ratio"], data["mac_ratio"] = self.param_ratio, self.mac_ratio
+        return data
+
+    def summary(self) -> str:
+        lines = [
+            f"groups: {self.groups_found} found, {self.groups_pruned} pruned, "
+            f"{len(self.frozen)} frozen, {len(self.skipped)} excluded",
+            f"params: {self.params_before:,} -> {self.params_after:,} "
+            f"(x{self.param_ratio:.3f})",
+            f"MACs:   {self.macs_before:,} -> {self.macs_after:,} (x{self.mac_ratio:.3f})",
+        ]
+        if self.fidelity is not None:
+            f = self.fidelity
+            top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
+            lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "
+                         f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}")
+        reasons: dict[str, int] = {}
+        for _, reason in self.frozen:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:12]:
+            lines.append(f"  frozen x{n}: {reason}")
+        if len(reasons) > 12:
+            lines.append(f"  ... and {len(reasons) - 12} more reasons (see --report)")
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    plan: Plan
+    report: Report
+
+
+def load_graph(model: ModelLike) -> tuple[onnx.ModelProto, Graph]:
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    graph = Graph.from_model(proto)
+    graph.infer_shapes()
+    return proto, graph
+
+
+def canonicalize(graph: Graph) -> list[str]:
+    from .passes import run_passes
+
+    changed = run_passes(graph)
+    graph.infer_shapes()
+    return changed
+
+
+def analyze_model(model: ModelLike) -> tuple[Graph, Analysis]:
+    """The canonical graph and its channel groups, without pruning anything."""
+    _, graph = load_graph(model)
+    canonicalize(graph)
+    return graph, analyze(graph)
+
+
+def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
+          round_to: int = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
+          plan: Plan | None = None, verify: bool = True, seed: int = 0,
+          progress: Progress | None = None) -> PruneResult:
+    """Prune coupled channels of an ONNX model.
+
+    `ratio` is the fraction of channels removed from every prunable group; `plan` replays a
+    saved plan instead of scoring. Raises NothingToPruneError when no group can be pruned
+    safely and UnsafeResultError when the result fails verification.
+    """
+    say = progress or (lambda _msg: None)
+    clock = _Clock()
+    config = PolicyConfig(ratio=ratio, round_to=round_to, exclude=tuple(exclude))
+    chooser = make_criterion(criterion, seed)
+    source = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
+    report = Report(source=source)
+
+    say(f"loading {source}")
+    original, graph = load_graph(model)
+    report.params_before, report.macs_before = count_params(graph), count_macs(graph)
+    clock.lap(report, "load")
+
+    say("canonicalizing")
+    report.passes = canonicalize(graph)
+    clock.lap(report, "canonicalize")
+
+    say("analyzing channel dependencies")
+    analysis = analyze(graph)
+    report.groups_found = len(analysis.groups)
+    report.frozen = [(g.key, g.frozen) for g in analysis.frozen]
+    if not analysis.prunable and plan is None:
+        raise NothingToPruneError(f"{source}: no channel group can be pruned safely; the model "
+                                  f"is left as it is ({_top_reason(analysis)})")
+    clock.lap(report, "analyze")
+
+    say("planning")
+    if plan is None:
+        plan = make_plan(analysis, graph, chooser, config)
+    report.skipped = dict(plan.skipped)
+    clock.lap(report, "plan")
+
+    say(f"pruning {len(plan.groups)} groups")
+    report.groups_pruned = apply_plan(graph, analysis, plan)
+    graph.reindex()
+    try:
+        graph.infer_shapes(strict=True)
+    except Exception as err:  # a rule produced an inconsistent graph: never write it
+        raise UnsafeResultError(f"{source}: the pruned graph is inconsistent ({err}); nothing "
+                                f"was written. Use --exclude on the nodes named to skip them") from None
+    result = graph.to_model()
+    report.params_after, report.macs_after = count_params(graph), count_macs(graph)
+    clock.lap(report, "apply")
+
+    _check_interface(original, result, source)
+    if verify:
+        say("verifying in ONNX Runtime")
+        report.fidelity = _verify(original, result, source, seed)
+        clock.lap(report, "verify")
+    return PruneResult(result, plan, report)
+
+
+def write(result: PruneResult, path: str | os.PathLike, source: str | None = None) -> Path:
+    """Write a pruned model atomically (never over the input file)."""
+    return save_model(result.model, path, protect=source)
+
+
+def _verify(original: onnx.ModelProto, result: onnx.ModelProto, source: str,
+            seed: int) -> Fidelity:
+    feeds = random_inputs(original, seed)
+    try:
+        reference = run(original, feeds)
+    except Exception as err:
+        raise UsageError(f"{source}: ONNX Runtime cannot run the input model ({err}); "
+                         f"use --no-verify to prune without the check") from None
+    try:
+        candidate = run(result, feeds)
+    except Exception as err:
+        raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
+                                f"({str(err).splitlines()[0]}); nothing was written") from None
+    for a, b in zip(reference, candidate):
+        if a.shape != b.shape:
+            raise UnsafeResultError(f"{source}: pruned output shape {b.shape} differs from "
+                                    f"{a.shape}; nothing was written")
+    return compare(reference, candidate)
+
+
+def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, source: str) -> None:
+    """Graph inputs and outputs keep their names, types and shapes (invariant 3)."""
+    weights = {t.name for t in original.graph.initializer}
+
+    def interface(m):
+        return [(v.name, v.type.SerializeToString()) for v in list(m.graph.input) +
+                list(m.graph.output) if v.name not in weights and
+                v.name not in {t.name for t in m.graph.initializer}]
+
+    if interface(original) != interface(result):
+        raise UnsafeResultError(f"{source}: pruning would change the model's inputs or outputs; "
+                                f"nothing was written")
+    onnx.checker.check_model(result)
+
+
+def _top_reason(analysis: Analysis) -> str:
+    if not analysis.groups:
+        return "it has no Conv, Gemm or MatMul with constant weights"
+    reasons: dict[str, int] = {}
+    for g in analysis.frozen:
+        reasons[g.frozen] = reasons.get(g.frozen, 0) + 1
+    reason = max(reasons, key=reasons.get)
+    return f"most common reason: {reason}"
+
+
+class _Clock:
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self, report: Report, name: str) -> None:
+        now = time.perf_counter()
+        report.seconds[name] = round(now - self.t, 4)
+        self.t = now

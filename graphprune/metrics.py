@@ -1,0 +1,41 @@
+"""Parameter and FLOP counts, from weights and inferred shapes (unknown dims count as 1)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .coupling import attr
+from .ir import Graph
+
+
+def count_params(graph: Graph) -> int:
+    """Elements of floating-point weights that some node uses."""
+    return int(sum(w.size for name, w in graph.weights.items()
+                   if np.issubdtype(w.dtype, np.floating) and graph.consumers(name)))
+
+
+def _numel(shape) -> int:
+    return math.prod(1 if d is None else d for d in shape) if shape is not None else 0
+
+
+def count_macs(graph: Graph) -> int:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul: the work pruning removes."""
+    total = 0
+    for node in graph.nodes:
+        op = node.op_type
+        if op == "Conv":
+            w = graph.shape(node.input[1])
+            if w is not None:
+                total += _numel(graph.shape(node.output[0])) * math.prod(w[1:])
+        elif op == "ConvTranspose":
+            w = graph.shape(node.input[1])
+            if w is not None:
+                total += _numel(graph.shape(node.input[0])) * math.prod(w[1:])
+        elif op in ("Gemm", "MatMul"):
+            a = graph.shape(node.input[0])
+            if a is None or not a:
+                continue
+            k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
+            total += _numel(graph.shape(node.output[0])) * (k or 1)
+    return int(total)

@@ -1,0 +1,89 @@
+"""Conv and ConvTranspose: producers of output channels, consumers of input channels.
+
+Depthwise convs tie each input channel to its output channel(s); grouped convs (ResNeXt,
+RegNet) tie them too and require every group to keep the same number of channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..coupling import (Constraint, Effect, Link, ParamSlice, Port, attr, frozen, rule,
+                        set_attr)
+
+
+def _out_seed(node, graph):
+    return [(node.output[0], 1)] if graph.const(node.input[1]) is not None else []
+
+
+def _group_fixup(node, in_space):
+    def fix(graph, keep):
+        set_attr(node, "group", int(len(keep[in_space])))
+    return fix
+
+
+@rule("Conv", seeds=_out_seed)
+def conv(node, port: Port, graph) -> Effect:
+    w = graph.const(node.input[1])
+    if w is None:
+        return frozen(f"Conv '{node.name}' has a weight computed at run time")
+    if port.axis != 1 or (port.side == "in" and port.index != 0):
+        return frozen(f"Conv '{node.name}' mixes its spatial axes")
+    group = int(attr(node, "group", 1))
+    c_out, c_in = w.shape[0], w.shape[1] * group
+    in_space, out_space = (node.input[0], 1), (node.output[0], 1)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    effect = Effect()
+    if port.side == "out":
+        effect.params.append(ParamSlice(node.input[1], 0, "producer"))
+        if bias:
+            effect.params.append(ParamSlice(bias, 0, "producer"))
+    if group == 1:
+        if port.side == "in":
+            effect.params.append(ParamSlice(node.input[1], 1, "consumer"))
+        return effect
+    if group == c_in:  # depthwise, channel multiplier m = c_out / c_in
+        m = c_out // c_in
+        pairs = None if m == 1 else (np.repeat(np.arange(c_in), m), np.arange(c_out))
+        if port.side == "in":
+            effect.links.append(Link(out_space, pairs))
+        else:
+            effect.links.append(Link(in_space, None if pairs is None else (pairs[1], pairs[0])))
+        effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space)
+        return effect
+    if c_in != c_out:
+        return frozen(f"grouped Conv '{node.name}' has {c_in} inputs but {c_out} outputs")
+    effect.links.append(Link(out_space if port.side == "in" else in_space))
+    effect.constraints.append(Constraint(in_space, group, "uniform"))
+    if port.side == "in":
+        effect.params.append(ParamSlice(node.input[1], 1, "consumer", grouped=group))
+    return effect
+
+
+@rule("ConvTranspose", seeds=_out_seed)
+def conv_transpose(node, port: Port, graph) -> Effect:
+    w = graph.const(node.input[1])
+    if w is None:
+        return frozen(f"ConvTranspose '{node.name}' has a weight computed at run time")
+    if port.axis != 1 or (port.side == "in" and port.index != 0):
+        return frozen(f"ConvTranspose '{node.name}' mixes its spatial axes")
+    group = int(attr(node, "group", 1))
+    c_in, c_out = w.shape[0], w.shape[1] * group
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    effect = Effect()
+    if group == 1:
+        if port.side == "in":
+            effect.params.append(ParamSlice(node.input[1], 0, "consumer"))
+        else:
+            effect.params.append(ParamSlice(node.input[1], 1, "producer"))
+            if bias:
+                effect.params.append(ParamSlice(bias, 0, "producer"))
+        return effect
+    if group == c_in == c_out:  # depthwise transposed conv
+        in_space, out_space = (node.input[0], 1), (node.output[0], 1)
+        effect.links.append(Link(out_space if port.side == "in" else in_space))
+        effect.params.append(ParamSlice(node.input[1], 0, "producer"))
+        if bias:
+            effect.params.append(ParamSlice(bias, 0, "producer"))
+        effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space)
+        return effect
+    return frozen(f"grouped ConvTranspose '{node.name}' (group={group}) is not supported")

@@ -1,0 +1,59 @@
+"""Elementwise ops: channels pass straight through, broadcast operands are coupled or sliced.
+
+A residual Add couples the channels of both branches; an SE-block Mul couples the gate's
+channels to the feature map's; a per-channel constant (bias, PRelu slope) is sliced with them.
+"""
+from __future__ import annotations
+
+from ..coupling import Effect, Link, ParamSlice, Port, frozen, identity_everywhere, rule
+
+UNARY = (
+    "Relu", "LeakyRelu", "PRelu_", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu",
+    "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Abs", "Neg",
+    "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
+    "Cast", "Not", "Identity", "Dropout", "IsNaN", "IsInf", "Shrink",
+)
+BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu",
+             "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+             "Xor", "BitShift", "Mod")
+
+
+@rule(*[op for op in UNARY if not op.endswith("_")])
+def unary(node, port: Port, graph) -> Effect:
+    if port.side == "out" and port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' secondary output")
+    return identity_everywhere(node, port, graph)
+
+
+@rule(*BROADCAST)
+def broadcast(node, port: Port, graph) -> Effect:
+    if port.side == "out" and port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' secondary output")
+    out = node.output[0]
+    out_shape = graph.shape(out)
+    if out_shape is None:
+        return frozen(f"{node.op_type} '{node.name}' has an unknown output shape")
+    rank = len(out_shape)
+    me = node.input[port.index] if port.side == "in" else out
+    my_rank = graph.rank(me)
+    out_axis = port.axis + rank - my_rank
+    size = out_shape[out_axis]
+    effect = Effect()
+    if port.side == "in":
+        effect.links.append(Link((out, out_axis)))
+    for i, name in enumerate(node.input):
+        if not name or (port.side == "in" and i == port.index):
+            continue
+        shape = graph.shape(name)
+        if shape is None:
+            return frozen(f"{node.op_type} '{node.name}' input '{name}' has an unknown shape")
+        axis = out_axis - (rank - len(shape))
+        if axis < 0 or shape[axis] == 1:
+            continue  # broadcast along the channel axis: nothing to slice
+        if shape[axis] != size:
+            return frozen(f"{node.op_type} '{node.name}' broadcasts '{name}' oddly on axis {axis}")
+        if graph.const(name) is not None:
+            effect.params.append(ParamSlice(name, axis, "param"))
+        else:
+            effect.links.append(Link((name, axis)))
+    return effect

@@ -1,0 +1,46 @@
+"""Pooling and reductions over spatial axes keep channels; reducing over channels freezes."""
+from __future__ import annotations
+
+from ..coupling import Effect, Link, Port, attr, frozen, identity_everywhere, normalize_axis, rule
+
+
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+      "MaxRoiPool")
+def pool(node, port: Port, graph) -> Effect:
+    if port.axis > 1 or port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' pools over axis {port.axis}")
+    return identity_everywhere(node, port, graph)
+
+
+def _reduced_axes(node, graph, rank):
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.const(node.input[1])
+        if value is None:
+            return None
+        axes = value.tolist()
+    if axes is None or len(axes) == 0:
+        if attr(node, "noop_with_empty_axes", 0):
+            return []
+        return list(range(rank))
+    return sorted(normalize_axis(int(a), rank) for a in axes)
+
+
+@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceProd",
+      "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum")
+def reduce(node, port: Port, graph) -> Effect:
+    rank = graph.rank(node.input[0])
+    axes = _reduced_axes(node, graph, rank)
+    if axes is None or port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' reduces over axes computed at run time")
+    keep = int(attr(node, "keepdims", 1))
+    kept_axes = [a for a in range(rank) if a not in axes]
+    if port.side == "in":
+        if port.axis in axes:
+            return frozen(f"{node.op_type} '{node.name}' reduces over axis {port.axis}")
+        other = port.axis if keep else kept_axes.index(port.axis)
+        return Effect(links=[Link((node.output[0], other))])
+    other = port.axis if keep else kept_axes[port.axis]
+    if other in axes:
+        return frozen(f"{node.op_type} '{node.name}' output axis {port.axis} was reduced")
+    return Effect(links=[Link((node.input[0], other))])

@@ -1,0 +1,409 @@
+"""Ops that move channels around: concat/split offsets, flatten and reshape block expansion,
+transposes, squeezes, resizes and pads, and channel shuffle as a permutation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..coupling import (Effect, Link, ParamSlice, Port, attr, frozen, identity_everywhere,
+                        normalize_axis, rule, set_attr, set_constant)
+
+
+def _dims(graph, tensor):
+    shape = graph.shape(tensor)
+    return None if shape is None else list(shape)
+
+
+# ---------------------------------------------------------------- concat / split
+@rule("Concat")
+def concat(node, port: Port, graph) -> Effect:
+    rank = graph.rank(node.output[0])
+    axis = normalize_axis(int(attr(node, "axis")), rank)
+    sizes = [(_dims(graph, t) or [None] * rank)[axis] for t in node.input]
+    if None in sizes:
+        return frozen(f"Concat '{node.name}' has inputs of unknown size")
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    out = (node.output[0], port.axis)
+    effect = Effect()
+    if port.axis != axis:
+        if port.side == "in":
+            effect.links.append(Link(out))
+        for i, t in enumerate(node.input):
+            if port.side == "in" and i == port.index:
+                continue
+            if graph.const(t) is not None:
+                effect.params.append(ParamSlice(t, port.axis, "param"))
+            else:
+                effect.links.append(Link((t, port.axis)))
+        return effect
+    for i, t in enumerate(node.input):
+        local = np.arange(sizes[i])
+        if port.side == "in":
+            if i == port.index:
+                effect.links.append(Link(out, (local, local + offsets[i])))
+        elif graph.const(t) is not None:
+            effect.params.append(ParamSlice(t, axis, "param", pairs=(local + offsets[i], local)))
+        else:
+            effect.links.append(Link((t, axis), (local + offsets[i], local)))
+    return effect
+
+
+def _split_sizes(node, graph, size):
+    if len(node.input) > 1 and node.input[1]:
+        value = graph.const(node.input[1])
+        return None if value is None else [int(v) for v in value]
+    sizes = attr(node, "split")
+    if sizes:
+        return [int(v) for v in sizes]
+    n = len(node.output)
+    chunk = math.ceil(size / n)
+    return [min(chunk, size - k * chunk) for k in range(n)]
+
+
+@rule("Split")
+def split(node, port: Port, graph) -> Effect:
+    rank = graph.rank(node.input[0])
+    axis = normalize_axis(int(attr(node, "axis", 0)), rank)
+    if port.side == "in" and port.index > 0:
+        return frozen(f"Split '{node.name}' sizes input")
+    size = (_dims(graph, node.input[0]) or [None] * rank)[axis]
+    sizes = None if size is None else _split_sizes(node, graph, size)
+    if sizes is None:
+        return frozen(f"Split '{node.name}' has sizes computed at run time")
+    if port.axis != axis:
+        spaces = [(node.input[0], port.axis)] + [(o, port.axis) for o in node.output]
+        me = (node.input[0] if port.side == "in" else node.output[port.index], port.axis)
+        return Effect(links=[Link(s) for s in spaces if s != me])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    effect = Effect()
+    for k, out in enumerate(node.output):
+        local = np.arange(sizes[k])
+        if port.side == "in":
+            effect.links.append(Link((out, axis), (local + offsets[k], local)))
+        elif k == port.index:
+            effect.links.append(Link((node.input[0], axis), (local, local + offsets[k])))
+
+    def fix(graph, keep, node=node, axis=axis):
+        new = np.array([len(keep[(o, axis)]) for o in node.output], dtype=np.int64)
+        if graph.opset >= 13:
+            if len(node.input) < 2:
+                node.input.append("")
+            set_constant(graph, node, 1, new)
+            for i, a in enumerate(node.attribute):
+                if a.name == "num_outputs":
+                    del node.attribute[i]
+                    break
+        else:
+            set_attr(node, "split", [int(v) for v in new])
+
+    effect.fixups[f"split:{node.name}"] = fix
+    return effect
+
+
+@rule("Slice")
+def slice_(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"Slice '{node.name}' parameter input")
+    rank = graph.rank(node.input[0])
+    if graph.opset >= 10:
+        starts, ends = (graph.const(n) if n else None for n in node.input[1:3])
+        axes = graph.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        steps = graph.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None):
+            return frozen(f"Slice '{node.name}' has bounds computed at run time")
+    else:
+        starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
+    axes = list(range(len(starts))) if axes is None else [normalize_axis(int(a), rank) for a in axes]
+    steps = [1] * len(axes) if steps is None else list(steps)
+    dim = (_dims(graph, node.input[0]) or [None] * rank)[port.axis]
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if a == port.axis and not (int(s) == 0 and st == 1 and dim is not None and int(e) >= dim):
+            return frozen(f"Slice '{node.name}' cuts the channel axis {a}")
+    return identity_everywhere(node, port, graph)
+
+
+# ---------------------------------------------------------------- flatten / reshape
+def _merge_pairs(dims: list[int], position: int) -> tuple[np.ndarray, np.ndarray]:
+    """Channel index of every element when axes `dims` merge into one, channel at `position`."""
+    shape = [1] * len(dims)
+    shape[position] = dims[position]
+    channel = np.broadcast_to(np.arange(dims[position]).reshape(shape), dims).ravel()
+    return channel, np.arange(channel.size)
+
+
+@rule("Flatten")
+def flatten(node, port: Port, graph) -> Effect:
+    dims = _dims(graph, node.input[0])
+    if dims is None:
+        return frozen(f"Flatten '{node.name}' input shape unknown")
+    axis = normalize_axis(int(attr(node, "axis", 1)), len(dims))
+    tail = dims[axis:]
+    if None in tail:
+        return frozen(f"Flatten '{node.name}' flattens dynamic axes")
+    if port.side == "in":
+        if port.axis < axis:
+            if axis == 1 and port.axis == 0:
+                return Effect(links=[Link((node.output[0], 0))])
+            return frozen(f"Flatten '{node.name}' merges axis {port.axis} into rows")
+        chan, feat = _merge_pairs(tail, port.axis - axis)
+        return Effect(links=[Link((node.output[0], 1), (chan, feat))])
+    if port.axis == 0:
+        return Effect(links=[Link((node.input[0], 0))]) if axis == 1 else frozen(
+            f"Flatten '{node.name}' merges rows")
+    position = next((i for i, d in enumerate(tail) if d > 1), 0)
+    chan, feat = _merge_pairs(tail, position)
+    return Effect(links=[Link((node.input[0], axis + position), (feat, chan))])
+
+
+def _prefix_match(a: list, b: list) -> bool:
+    if None in a or None in b:
+        return a == b
+    return math.prod(a) == math.prod(b)
+
+
+def _shape_entry_fixup(node, out_axis: int, space, graph):
+    """Keep Reshape's target shape right after the channel count at `out_axis` changes."""
+    target = graph.const(node.input[1])
+    if target is None:
+        return None
+    if int(target[out_axis]) <= 0:  # -1 or 0: the runtime derives it
+        return lambda graph, keep: None
+
+    def fix(graph, keep, node=node):
+        value = graph.const(node.input[1]).copy()
+        value[out_axis] = len(keep[space])
+        set_constant(graph, node, 1, value)
+
+    return fix
+
+
+@rule("Reshape")
+def reshape(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"Reshape '{node.name}' shape input")
+    shuffle = _channel_shuffle(node, port, graph)
+    if shuffle is not None:
+        return shuffle
+    din, dout = _dims(graph, node.input[0]), _dims(graph, node.output[0])
+    if din is None or dout is None:
+        return frozen(f"Reshape '{node.name}' has unknown shapes")
+    mine, theirs = (din, dout) if port.side == "in" else (dout, din)
+    a = port.axis
+    for b in range(len(theirs)):
+        if not _prefix_match(mine[:a], theirs[:b]) or theirs[b] is None:
+            continue
+        for k in range(1, len(theirs) - b + 1):  # theirs[b:b+k] merged equals mine[a]?
+            if None not in theirs[b:b + k] and math.prod(theirs[b:b + k]) == mine[a] and (
+                    k == 1 or theirs[b] > 1):
+                pairs = None
+                if k > 1:  # my channel axis splits; their axis b is its high part
+                    mine_idx = np.arange(mine[a])
+                    pairs = (mine_idx, mine_idx // math.prod(theirs[b + 1:b + k]))
+                return _reshape_effect(node, port, graph, (node.input[0] if port.side == "out"
+                                                           else node.output[0], b), pairs)
+        for k in range(2, len(mine) - a + 1):  # mine[a:a+k] merged equals theirs[b]?
+            if None not in mine[a:a + k] and math.prod(mine[a:a + k]) == theirs[b]:
+                chan, feat = _merge_pairs(mine[a:a + k], 0)
+                return _reshape_effect(node, port, graph, (node.input[0] if port.side == "out"
+                                                           else node.output[0], b), (chan, feat))
+    return frozen(f"Reshape '{node.name}' reshapes axis {a} in a way that has no rule")
+
+
+def _reshape_effect(node, port, graph, other, pairs):
+    effect = Effect(links=[Link(other, pairs)])
+    out_space = other if port.side == "in" else (node.output[0], port.axis)
+    fix = _shape_entry_fixup(node, out_space[1], out_space, graph)
+    if fix is None:
+        return frozen(f"Reshape '{node.name}' target shape is computed at run time")
+    effect.fixups[f"reshape:{node.name}"] = fix
+    return effect
+
+
+def _channel_shuffle(node, port, graph) -> Effect | None:
+    """Reshape [N,C,...] → [N,g,C/g,...] → Transpose(1↔2) → Reshape [N,C,...] as one permutation.
+
+    Channel i*(C/g)+j becomes j*g+i. The kept set must hold the same j in every group i, so the
+    rule also couples channel i*(C/g)+j with j inside the input space.
+    """
+    chain = _find_shuffle(node, graph)
+    if chain is None:
+        return None
+    first, transpose, last, groups, channels = chain
+    if (port.side == "in" and node is not first) or (port.side == "out" and node is not last):
+        return frozen(f"channel shuffle '{node.name}' inner tensor")
+    per = channels // groups
+    c = np.arange(channels)
+    i, j = c // per, c % per
+    src, dst = (first.input[0], 1), (last.output[0], 1)
+    effect = Effect()
+    if port.side == "in":
+        effect.links += [Link(dst, (c, j * groups + i)), Link(src, (c, j))]
+    else:
+        effect.links += [Link(src, (j * groups + i, c))]
+
+    def fix(graph, keep, first=first, last=last, src=src):
+        kept = len(keep[src])
+        target = graph.const(first.input[1]).copy()
+        target[2] = kept // groups
+        set_constant(graph, first, 1, target)
+        target = graph.const(last.input[1]).copy()
+        if int(target[1]) > 0:
+            target[1] = kept
+        set_constant(graph, last, 1, target)
+
+    effect.fixups[f"shuffle:{first.name}"] = fix
+    return effect
+
+
+def _find_shuffle(node, graph):
+    def only_consumer(tensor, op):
+        users = graph.consumers(tensor)
+        return users[0] if len(users) == 1 and users[0].op_type == op and \
+            tensor not in graph.output_names else None
+
+    if node.op_type != "Reshape":
+        return None
+    if graph.const(node.input[1]) is not None and len(_dims(graph, node.output[0]) or []) == 5:
+        first = node
+    else:
+        t = graph.producer(node.input[0])
+        first = graph.producer(t.input[0]) if t is not None and t.op_type == "Transpose" else None
+        if first is None or first.op_type != "Reshape":
+            return None
+    transpose = only_consumer(first.output[0], "Transpose")
+    last = transpose and only_consumer(transpose.output[0], "Reshape")
+    if last is None or (node is not first and node is not last):
+        return None
+    din, mid = _dims(graph, first.input[0]), _dims(graph, first.output[0])
+    dout = _dims(graph, last.output[0])
+    perm = list(attr(transpose, "perm", []))
+    if (din is None or mid is None or dout is None or len(din) != 4 or len(mid) != 5 or
+            perm != [0, 2, 1, 3, 4] or din != dout or graph.const(first.input[1]) is None or
+            graph.const(last.input[1]) is None or mid[1] is None or mid[1] * mid[2] != din[1]
+            or mid[3:] != din[2:]):
+        return None
+    return first, transpose, last, mid[1], din[1]
+
+
+# ---------------------------------------------------------------- axis permutations
+@rule("Transpose")
+def transpose(node, port: Port, graph) -> Effect:
+    rank = graph.rank(node.input[0])
+    perm = list(attr(node, "perm", list(range(rank))[::-1]))
+    if port.side == "in":
+        return Effect(links=[Link((node.output[0], perm.index(port.axis)))])
+    return Effect(links=[Link((node.input[0], perm[port.axis]))])
+
+
+def _axes(node, graph, rank):
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.const(node.input[1])
+        if value is None:
+            return None
+        axes = value.tolist()
+    return None if axes is None else sorted(normalize_axis(int(a), rank) for a in axes)
+
+
+@rule("Squeeze", "Unsqueeze")
+def squeeze(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' axes input")
+    squeezing = node.op_type == "Squeeze"
+    big = node.input[0] if squeezing else node.output[0]
+    big_rank = graph.rank(big)
+    axes = _axes(node, graph, big_rank)
+    if axes is None:
+        if not squeezing:
+            return frozen(f"Unsqueeze '{node.name}' axes computed at run time")
+        axes = [i for i, d in enumerate(graph.shape(big)) if d == 1]
+    kept = [a for a in range(big_rank) if a not in axes]
+    on_big = (port.side == "in") == squeezing
+    if on_big:
+        if port.axis in axes:
+            return frozen(f"{node.op_type} '{node.name}' axis {port.axis}")
+        other = (node.output[0] if squeezing else node.input[0], kept.index(port.axis))
+    else:
+        other = (big, kept[port.axis])
+    return Effect(links=[Link(other)])
+
+
+# ---------------------------------------------------------------- spatial resampling / padding
+@rule("Resize", "Upsample")
+def resize(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' parameter input")
+    scales = attr(node, "scales")
+    sizes = None
+    if node.op_type == "Resize" and graph.opset >= 11:
+        scales = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        sizes = graph.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    elif node.op_type == "Upsample" and len(node.input) > 1:
+        scales = graph.const(node.input[1])
+    elif node.op_type == "Resize":
+        scales = graph.const(node.input[1])
+    effect = identity_everywhere(node, port, graph)
+    if attr(node, "axes") is not None:
+        return frozen(f"{node.op_type} '{node.name}' with axes attribute")
+    if scales is not None and len(scales) > port.axis:
+        if float(scales[port.axis]) != 1.0:
+            return frozen(f"{node.op_type} '{node.name}' rescales axis {port.axis}")
+        return effect
+    if sizes is not None:
+        def fix(graph, keep, node=node, axis=port.axis, space=(node.output[0], port.axis)):
+            value = graph.const(node.input[3]).copy()
+            value[axis] = len(keep[space])
+            set_constant(graph, node, 3, value)
+        effect.fixups[f"sizes:{node.name}"] = fix
+        return effect
+    return frozen(f"{node.op_type} '{node.name}' has scales computed at run time")
+
+
+@rule("Pad")
+def pad(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"Pad '{node.name}' parameter input")
+    rank = graph.rank(node.input[0])
+    pads = attr(node, "pads") if graph.opset < 11 else graph.const(node.input[1])
+    if pads is None:
+        return frozen(f"Pad '{node.name}' pads computed at run time")
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        value = graph.const(node.input[3])
+        if value is None:
+            return frozen(f"Pad '{node.name}' axes computed at run time")
+        axes = [normalize_axis(int(a), rank) for a in value]
+    n = len(axes)
+    for k, a in enumerate(axes):
+        if a == port.axis and (int(pads[k]) != 0 or int(pads[k + n]) != 0):
+            return frozen(f"Pad '{node.name}' pads the channel axis")
+    return identity_everywhere(node, port, graph)
+
+
+@rule("Shape", "Size")
+def shape_of(node, port: Port, graph) -> Effect:
+    """Reads only the shape: the values it computes follow the pruned shape at run time."""
+    if port.side == "out":
+        return frozen(f"{node.op_type} '{node.name}' output")
+    return Effect()
+
+
+@rule("Gather")
+def gather(node, port: Port, graph) -> Effect:
+    if port.index > 0:
+        return frozen(f"Gather '{node.name}' indices")
+    rank = graph.rank(node.input[0])
+    axis = normalize_axis(int(attr(node, "axis", 0)), rank)
+    q = graph.rank(node.input[1])
+    if q is None:
+        return frozen(f"Gather '{node.name}' indices of unknown rank")
+    if port.side == "in":
+        if port.axis == axis:
+            return frozen(f"Gather '{node.name}' indexes the channel axis")
+        other = port.axis if port.axis < axis else port.axis + q - 1
+        return Effect(links=[Link((node.output[0], other))])
+    if axis <= port.axis < axis + q:
+        return frozen(f"Gather '{node.name}' output axis comes from the indices")
+    other = port.axis if port.axis < axis else port.axis - q + 1
+    return Effect(links=[Link((node.input[0], other))])

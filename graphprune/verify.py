@@ -1,0 +1,68 @@
+"""Run two models in ONNX Runtime on the same inputs and measure how far their outputs differ."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+_NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+             onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+             onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+             onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+
+
+@dataclass
+class Fidelity:
+    max_abs_error: float  # largest |a - b| over all outputs
+    relative_error: float  # max_abs_error / max |a|: comparable across models
+    cosine: float  # cosine similarity of the flattened outputs (worst output)
+    top1_agreement: float | None  # for classifier-like outputs [N, classes]
+
+
+def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+    """Inputs for every graph input; dynamic dims become `batch` (first axis) or 1."""
+    rng = np.random.default_rng(seed)
+    weights = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in weights:
+            continue
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 1)
+                for i, d in enumerate(t.shape.dim)]
+        dtype = _NP_TYPES.get(t.elem_type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def run(model, feeds) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Fidelity:
+    max_abs, scale, cos, top1 = 0.0, 0.0, 1.0, None
+    for a, b in zip(reference, candidate):
+        a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        if a64.size == 0:
+            continue
+        max_abs = max(max_abs, float(np.max(np.abs(a64 - b64))))
+        scale = max(scale, float(np.max(np.abs(a64))))
+        denom = np.linalg.norm(a64) * np.linalg.norm(b64)
+        cos = min(cos, float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64)))
+        if a.ndim == 2 and a.shape[1] > 1 and top1 is None:
+            top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+    return Fidelity(max_abs, max_abs / scale if scale > 0 else max_abs, cos, top1)

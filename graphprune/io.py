@@ -34,7 +34,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph or no nodes)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise ModelLoadError(f"{path}: its external weight data cannot be read ({_short(err)}); "
                              f"keep the data file(s) beside the model") from None
     try:

@@ -1,0 +1,144 @@
+"""Command line: `graphprune MODEL --ratio 0.4 -o OUT` and `graphprune inspect MODEL`.
+
+User mistakes (bad file, bad option, nothing prunable) print one `error:` line and exit
+non-zero; exit codes are documented in the README and come from `errors.py`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .api import DEFAULT_ROUND_TO, analyze_model, prune, write
+from .errors import GraphpruneError, UsageError
+from .policy import Plan
+from .scoring import CRITERIA
+
+
+class _DefaultToPrune(click.Group):
+    """`graphprune model.onnx ...` means `graphprune prune model.onnx ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                     "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="graphprune")
+def main():
+    """Structural pruning of ONNX models: graphprune MODEL --ratio 0.4 -o OUT."""
+
+
+def _progress(quiet: bool, verbose: bool):
+    if quiet or not (verbose or sys.stderr.isatty()):
+        return None
+    return lambda msg: click.echo(f"... {msg}", err=True)
+
+
+def _run(fn):
+    """Turn graphprune's user-facing errors into one line and an exit code."""
+    try:
+        return fn()
+    except GraphpruneError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+
+
+@main.command("prune")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.4,
+              show_default=True, help="Fraction of channels removed from every prunable group.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write the pruned model [default: MODEL.pruned.onnx].")
+@click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="l2",
+              show_default=True, help="Channel importance: L1/L2 magnitude over the whole "
+              "group, folded BatchNorm |gamma|, or random (a baseline).")
+@click.option("--round-to", type=click.IntRange(min=1), default=DEFAULT_ROUND_TO,
+              show_default=True, help="Kept channel counts are multiples of this "
+              "(where a group is larger), which suits ONNX Runtime's kernels.")
+@click.option("--exclude", multiple=True, metavar="NAME",
+              help="Node, tensor or weight name whose channels must not be pruned; "
+              "repeat or separate with commas.")
+@click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan as JSON.")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path),
+              help="Replay a plan saved with --save-plan instead of scoring.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Write the report as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip running both models in ONNX Runtime.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the random criterion and the verification inputs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
+def prune_command(model, ratio, output, criterion, round_to, exclude, save_plan, plan_path,
+                  report_path, no_verify, seed, quiet, verbose):
+    """Prune MODEL and write the slimmed model."""
+    def go():
+        excluded = tuple(n.strip() for item in exclude for n in item.split(",") if n.strip())
+        plan = None
+        if plan_path is not None:
+            if not plan_path.is_file():
+                raise UsageError(f"--plan {plan_path}: no such file")
+            plan = Plan.from_json(plan_path.read_text(), str(plan_path))
+        out = output or model.with_name(model.stem + ".pruned.onnx")
+        if out.exists() and model.exists() and out.resolve() == model.resolve():
+            raise UsageError(f"-o {out}: refusing to overwrite the input model")
+        result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to,
+                       exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
+                       progress=_progress(quiet, verbose))
+        write(result, out, source=model)
+        if save_plan is not None:
+            _write_text(save_plan, result.plan.to_json())
+        if report_path is not None:
+            _write_text(report_path, json.dumps(result.report.to_dict(), indent=1, default=str))
+        if not quiet:
+            click.echo(result.report.summary())
+            click.echo(f"wrote {out}")
+
+    _run(go)
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(model, as_json):
+    """List the channel groups of MODEL: size, members, and why frozen ones are frozen."""
+    def go():
+        graph, analysis = analyze_model(model)
+        rows = [{"group": g.key, "channels": g.units or max(g.sizes.values(), default=0), "members": len(g.spaces),
+                 "prunable": g.prunable, "frozen": g.frozen, "nodes": g.nodes}
+                for g in analysis.groups]
+        if as_json:
+            click.echo(json.dumps(rows, indent=1))
+            return
+        click.echo(f"{'group':48s} {'units':>6s} {'members':>7s}  status")
+        for r in rows:
+            status = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
+            click.echo(f"{r['group'][:48]:48s} {r['channels']:>6d} {r['members']:>7d}  {status}")
+        n = sum(r["prunable"] for r in rows)
+        click.echo(f"{len(rows)} groups, {n} prunable, {len(rows) - n} frozen")
+
+    _run(go)
+
+
+def _write_text(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    if not path.parent.exists():
+        raise UsageError(f"{path.parent}: directory does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -248,16 +248,24 @@ def _units(members, sizes, edges):
 
 
 def _apply_constraints(group: Group, constraints: list[Constraint]) -> None:
+    """Turn "channels come in blocks" into a block structure over the group's units."""
     for c in constraints:
         units = group.unit_of[c.space]
-        if len(units) != group.units or len(np.unique(units)) != group.units:
-            group.frozen = f"channels of '{c.space[0]}' come in {c.blocks} blocks but are " \
-                           f"coupled across blocks"
-            return
         if units.size % c.blocks:
             group.frozen = f"'{c.space[0]}' has {units.size} channels, not divisible by {c.blocks}"
             return
-        blocks = units.reshape(c.blocks, -1)
+        counts = np.zeros((c.blocks, group.units), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(c.blocks), units.size // c.blocks), units), 1)
+        if c.mode == "uniform" and (counts == counts[:1]).all():
+            continue  # every unit spans all blocks alike (after a shuffle): nothing to enforce
+        present = counts > 0
+        inside_one = present.sum(axis=0) <= 1
+        per_block = present.sum(axis=1)
+        if not inside_one.all() or len(set(per_block.tolist())) != 1:
+            group.frozen = (f"channels of '{c.space[0]}' come in {c.blocks} blocks but are "
+                            f"coupled across blocks")
+            return
+        blocks = np.stack([np.nonzero(row)[0] for row in present])
         if group.blocks is not None and (group.block_mode != c.mode or
                                          not np.array_equal(group.blocks, blocks)):
             group.frozen = f"conflicting block structures in the group of '{c.space[0]}'"

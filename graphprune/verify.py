@@ -21,7 +21,7 @@ class Fidelity:
     top1_agreement: float | None  # for classifier-like outputs [N, classes]
 
 
-def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | bytes, threads: int = 2) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

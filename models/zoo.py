@@ -255,17 +255,19 @@ def _export(name: str, exporter: str, dest: str) -> None:
         kwargs.update(aux_logits=False, init_weights=True)
     model = torchvision.models.get_model(name, **kwargs).eval()
     example = (torch.randn(1, 3, 224, 224),)
-    names = {"input_names": ["input"], "output_names": ["output"]}
+    io = {"input_names": ["input"], "output_names": ["output"],
+          "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
     with torch.no_grad(), warnings.catch_warnings():
-        if exporter == "legacy":  # deprecated since torch 2.9: that is why we test it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, example, dest, dynamo=False, opset_version=17,
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              **names)
-        else:  # default opset (20 with torch 2.14); weights inline, not external data
-            program = torch.onnx.export(
-                model, example, dynamo=True, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy: deprecated, still used
+        warnings.filterwarnings("ignore", "# 'dynamic_axes' is not recommended")
+        if exporter == "legacy":
+            torch.onnx.export(model, example, dest, dynamo=False, opset_version=17, **io)
+        else:
+            # dynamic_axes, not dynamic_shapes=Dim("batch"): with a batch-1 example
+            # the strict named Dim fails on convnext_tiny ("Invalid ranges [2:1]"),
+            # while dynamic_axes (Dim.DYNAMIC underneath) works and keeps the name.
+            # Default opset (20 with torch 2.14); weights inline, not external data.
+            program = torch.onnx.export(model, example, dynamo=True, verbose=False, **io)
             program.save(dest, external_data=False)
 
 
@@ -331,6 +333,15 @@ def _cmd_light(_args) -> int:
     return 1 if failed else 0
 
 
+def _summary(exc: BaseException, width: int = 90) -> str:
+    """One line for the table: the innermost exception's first line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [""]
+    text = f"{type(exc).__name__}: {lines[0]}"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _cmd_build(args) -> int:
     names = args.names or list(TORCHVISION_MODELS)
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
@@ -352,7 +363,9 @@ def _cmd_build(args) -> int:
                        len(model.graph.node), count_params(model)]
             except Exception as exc:
                 failed += 1
-                row = [name, exporter, f"failed ({exc})", f"{time.perf_counter() - t0:.1f}", "-", "-"]
+                print(f"{name} {exporter}: {exc}", file=sys.stderr, flush=True)
+                reason = _summary(exc)
+                row = [name, exporter, f"failed ({reason})", f"{time.perf_counter() - t0:.1f}", "-", "-"]
             print("  ".join(map(str, row)), file=sys.stderr, flush=True)  # progress
             rows.append(row)
     _table(rows, ["model", "exporter", "status", "export s", "nodes", "params"])

@@ -11,11 +11,13 @@ from .eliminate_dead import EliminateDeadNodes
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .remove_identity import RemoveIdentity
+from .unshare_weights import UnshareWeights
 
 # Identities first so BN/const patterns are adjacent; constants before BN so BN parameters
-# computed from constant subgraphs are plain weights; dead code last, to sweep up orphans.
+# computed from constant subgraphs are plain weights; dead code next, to sweep up orphans;
+# unsharing last, so that pruning never couples layers through a deduplicated constant.
 DEFAULT_PASSES: tuple[Pass, ...] = (RemoveIdentity(), FoldConstants(), FoldBatchNorm(),
-                                    EliminateDeadNodes())
+                                    EliminateDeadNodes(), UnshareWeights())
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
@@ -37,4 +39,4 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
 
 
 __all__ = ["DEFAULT_PASSES", "EliminateDeadNodes", "FoldBatchNorm", "FoldConstants", "Pass",
-           "RemoveIdentity", "run_passes"]
+           "RemoveIdentity", "UnshareWeights", "run_passes"]

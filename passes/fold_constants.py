@@ -20,6 +20,9 @@ from .base import add_weight, drop_unused_weights, is_default_domain
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli", "Constant",
                "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# Ops that only rearrange a weight (a classifier matrix reshaped before Gemm): their result is
+# no larger than their input, so the size cap does not apply.
+_LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"}
 
 
 class FoldConstants:
@@ -51,12 +54,17 @@ class FoldConstants:
             return None
         if node.op_type == "Shape":
             return self._fold_shape(graph, node)
+        if node.op_type == "Gather" and node.input[1] in graph.weights:
+            picked = self._fold_static_dims(graph, node)
+            if picked is not None:
+                return picked
         if (node.op_type in _NEVER_FOLD
                 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                        for a in node.attribute)
                 or not all(n in graph.weights for n in node.input if n)):
             return None
-        if self._too_big_before(graph, node):
+        layout = node.op_type in _LAYOUT_OPS
+        if not layout and self._too_big_before(graph, node):
             return None
         try:
             results = _evaluate(graph, node)
@@ -65,7 +73,7 @@ class FoldConstants:
         values = {}
         for name, value in zip([o for o in node.output if o], results):
             value = np.asarray(value)
-            if value.dtype == object or value.size > self.max_elements:
+            if value.dtype == object or (value.size > self.max_elements and not layout):
                 return None  # sequences, strings, or too large to embed
             dtype = graph.dtypes.get(name)
             if dtype:  # the reference backend may promote (e.g. scalars): keep ONNX's type
@@ -82,6 +90,26 @@ class FoldConstants:
         start, end = attrs.get("start", 0), attrs.get("end", len(shape))
         # ONNX's start/end follow Python slicing: negatives count from the end, both clamp.
         return {node.output[0]: np.array(shape[start:end], dtype=np.int64)}
+
+    def _fold_static_dims(self, graph: Graph, node: onnx.NodeProto) -> dict | None:
+        """Gather(Shape(x), i) where dim i of x is static, even if another dim (the batch) is
+        dynamic: legacy exports compute Reshape targets this way."""
+        shape_node = graph.producer(node.input[0])
+        if shape_node is None or shape_node.op_type != "Shape" or \
+                any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            return None
+        shape = graph.shape(shape_node.input[0])
+        if shape is None:
+            return None
+        attrs = {a.name: a.i for a in shape_node.attribute}
+        dims = list(shape)[attrs.get("start", 0):attrs.get("end", len(shape))]
+        index = np.asarray(graph.weights[node.input[1]])
+        if index.size == 0 or index.min() < -len(dims) or index.max() >= len(dims):
+            return None
+        picked = np.asarray(dims, dtype=object)[index]
+        if any(d is None for d in np.ravel(picked)):
+            return None
+        return {node.output[0]: np.asarray(picked, dtype=np.int64).reshape(index.shape)}
 
     def _too_big_before(self, graph: Graph, node: onnx.NodeProto) -> bool:
         """Refuse before evaluating when the result size is already known to exceed the cap

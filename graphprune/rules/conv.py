@@ -1,7 +1,7 @@
 """Conv and ConvTranspose: producers of output channels, consumers of input channels.
 
 Depthwise convs tie each input channel to its output channel(s); grouped convs (ResNeXt,
-RegNet) tie them too and require every group to keep the same number of channels.
+RegNet, ShuffleNet) require every group to keep the same number of channels on each side.
 """
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def conv(node, port: Port, graph) -> Effect:
             effect.links.append(Link(in_space, None if pairs is None else (pairs[1], pairs[0])))
         effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space)
         return effect
-    if c_in != c_out:
-        return frozen(f"grouped Conv '{node.name}' has {c_in} inputs but {c_out} outputs")
-    effect.links.append(Link(out_space if port.side == "in" else in_space))
-    effect.constraints.append(Constraint(in_space, group, "uniform"))
+    # Grouped conv (ResNeXt, RegNet, ShuffleNet): each side keeps the same number of channels
+    # in every group; the two sides are otherwise independent.
+    effect.constraints.append(Constraint(in_space if port.side == "in" else out_space,
+                                         group, "uniform"))
     if port.side == "in":
         effect.params.append(ParamSlice(node.input[1], 1, "consumer", grouped=group))
     return effect

@@ -6,4 +6,16 @@ touches (the analysis records the reason), so an unknown op can never be pruned 
 from . import conv, elementwise, linear, norms, pooling, shape_ops  # noqa: F401  (registration)
 from ..coupling import RULES
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "describe_rules"]
+
+
+def describe_rules() -> str:
+    """The supported-op table of the README, generated from the registry so it never drifts."""
+    by_fn: dict = {}
+    for op, rule in sorted(RULES.items()):
+        by_fn.setdefault(rule.couple, []).append(op)
+    lines = ["| op types | how channels flow |", "|---|---|"]
+    for fn, ops in sorted(by_fn.items(), key=lambda kv: kv[1][0]):
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines.append(f"| {', '.join(ops)} | {' '.join(doc.split())} |")
+    return "\n".join(lines)

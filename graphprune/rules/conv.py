@@ -23,6 +23,7 @@ def _group_fixup(node, in_space):
 
 @rule("Conv", seeds=_out_seed)
 def conv(node, port: Port, graph) -> Effect:
+    """Output channels own the filters and bias; input channels own weight columns; depthwise ties input to output channels; grouped convs keep every group equally sized."""
     w = graph.const(node.input[1])
     if w is None:
         return frozen(f"Conv '{node.name}' has a weight computed at run time")
@@ -61,6 +62,7 @@ def conv(node, port: Port, graph) -> Effect:
 
 @rule("ConvTranspose", seeds=_out_seed)
 def conv_transpose(node, port: Port, graph) -> Effect:
+    """Like Conv with the weight axes swapped; depthwise transposed convs tie input to output channels."""
     w = graph.const(node.input[1])
     if w is None:
         return frozen(f"ConvTranspose '{node.name}' has a weight computed at run time")

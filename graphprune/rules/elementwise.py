@@ -20,6 +20,7 @@ BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Wh
 
 @rule(*[op for op in UNARY if not op.endswith("_")])
 def unary(node, port: Port, graph) -> Effect:
+    """Elementwise: every axis passes straight through."""
     if port.side == "out" and port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' secondary output")
     return identity_everywhere(node, port, graph)
@@ -27,6 +28,7 @@ def unary(node, port: Port, graph) -> Effect:
 
 @rule(*BROADCAST)
 def broadcast(node, port: Port, graph) -> Effect:
+    """Broadcasting elementwise: operands of the same size on the axis are coupled (residual Add, SE Mul); per-channel constants are sliced; size-1 operands broadcast."""
     if port.side == "out" and port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' secondary output")
     out = node.output[0]

@@ -11,6 +11,7 @@ def _gemm_seed(node, graph):
 
 @rule("Gemm", seeds=_gemm_seed)
 def gemm(node, port: Port, graph) -> Effect:
+    """Output channels own rows (transB) or columns of B and the bias; input features own the other axis."""
     if graph.const(node.input[1]) is None or attr(node, "transA", 0):
         return frozen(f"Gemm '{node.name}' has no constant weight in the usual layout")
     if port.axis != 1 or (port.side == "in" and port.index != 0):
@@ -36,6 +37,7 @@ def _matmul_seed(node, graph):
 
 @rule("MatMul", seeds=_matmul_seed)
 def matmul(node, port: Port, graph) -> Effect:
+    """Activation × constant 2-D weight: the last axis is consumed (weight rows) or produced (weight columns); other axes pass through."""
     w = graph.const(node.input[1])
     rank = graph.rank(node.output[0])
     if w is None or w.ndim != 2 or rank is None or rank < 2 or graph.const(node.input[0]) is not None:

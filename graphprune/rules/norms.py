@@ -12,6 +12,7 @@ from ..coupling import (Constraint, Effect, ParamSlice, Port, attr, frozen,
 
 @rule("BatchNormalization")
 def batch_norm(node, port: Port, graph) -> Effect:
+    """Per-channel statistics: channels pass through and slice scale, bias, mean and variance."""
     if (port.side == "in" and port.index > 0) or (port.side == "out" and port.index > 0):
         return frozen(f"BatchNormalization '{node.name}' in training form")
     effect = identity_everywhere(node, port, graph)
@@ -25,6 +26,7 @@ def batch_norm(node, port: Port, graph) -> Effect:
 
 @rule("InstanceNormalization")
 def instance_norm(node, port: Port, graph) -> Effect:
+    """Per-channel normalisation over space: channels pass through with their scale and bias."""
     if port.axis != 1 or (port.side == "in" and port.index > 0):
         return frozen(f"InstanceNormalization '{node.name}' normalizes over spatial axes")
     effect = identity_everywhere(node, port, graph)
@@ -34,6 +36,7 @@ def instance_norm(node, port: Port, graph) -> Effect:
 
 @rule("GroupNormalization")
 def group_norm(node, port: Port, graph) -> Effect:
+    """Statistics per group of channels: prunable only by whole groups; num_groups is rewritten."""
     if port.axis != 1 or (port.side == "in" and port.index > 0):
         return frozen(f"GroupNormalization '{node.name}' normalizes over spatial axes")
     groups = int(attr(node, "num_groups"))
@@ -56,6 +59,7 @@ def group_norm(node, port: Port, graph) -> Effect:
 
 @rule("LayerNormalization", "RMSNormalization")
 def layer_norm(node, port: Port, graph) -> Effect:
+    """Normalises over the trailing axes: those freeze, leading axes pass through."""
     rank = graph.rank(node.input[0])
     first = normalize_axis(int(attr(node, "axis", -1)), rank)
     if port.axis >= first or (port.side == "in" and port.index > 0) or port.index > 0:
@@ -65,6 +69,7 @@ def layer_norm(node, port: Port, graph) -> Effect:
 
 @rule("Softmax", "LogSoftmax", "Hardmax")
 def softmax(node, port: Port, graph) -> Effect:
+    """Normalises over one axis (all trailing ones before opset 13): that freezes, others pass through."""
     rank = graph.rank(node.input[0])
     if graph.opset >= 13:
         over = port.axis == normalize_axis(int(attr(node, "axis", -1)), rank)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from ..coupling import Effect, Link, Port, attr, frozen, identity_everywhere, normalize_axis, rule
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-      "MaxRoiPool")
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 def pool(node, port: Port, graph) -> Effect:
+    """Pools over space: channels and batch pass through."""
     if port.axis > 1 or port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' pools over axis {port.axis}")
     return identity_everywhere(node, port, graph)
@@ -29,6 +29,7 @@ def _reduced_axes(node, graph, rank):
 @rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceProd",
       "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum")
 def reduce(node, port: Port, graph) -> Effect:
+    """Reduces over constant axes: reduced axes freeze, others pass through (renumbered without keepdims)."""
     rank = graph.rank(node.input[0])
     axes = _reduced_axes(node, graph, rank)
     if axes is None or port.index > 0:

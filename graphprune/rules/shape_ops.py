@@ -18,6 +18,7 @@ def _dims(graph, tensor):
 # ---------------------------------------------------------------- concat / split
 @rule("Concat")
 def concat(node, port: Port, graph) -> Effect:
+    """Offsets: input k's channels map to the output after the sizes of inputs before it."""
     rank = graph.rank(node.output[0])
     axis = normalize_axis(int(attr(node, "axis")), rank)
     sizes = [(_dims(graph, t) or [None] * rank)[axis] for t in node.input]
@@ -63,6 +64,7 @@ def _split_sizes(node, graph, size):
 
 @rule("Split")
 def split(node, port: Port, graph) -> Effect:
+    """Offsets back: each output takes a range of the input; split sizes are rewritten."""
     rank = graph.rank(node.input[0])
     axis = normalize_axis(int(attr(node, "axis", 0)), rank)
     if port.side == "in" and port.index > 0:
@@ -103,6 +105,7 @@ def split(node, port: Port, graph) -> Effect:
 
 @rule("Slice")
 def slice_(node, port: Port, graph) -> Effect:
+    """Slicing a non-channel axis passes channels through; cutting the channel axis freezes."""
     if port.index > 0:
         return frozen(f"Slice '{node.name}' parameter input")
     rank = graph.rank(node.input[0])
@@ -134,6 +137,7 @@ def _merge_pairs(dims: list[int], position: int) -> tuple[np.ndarray, np.ndarray
 
 @rule("Flatten")
 def flatten(node, port: Port, graph) -> Effect:
+    """Block expansion: channel c of C×H×W becomes features c·H·W … (c+1)·H·W−1."""
     dims = _dims(graph, node.input[0])
     if dims is None:
         return frozen(f"Flatten '{node.name}' input shape unknown")
@@ -180,6 +184,7 @@ def _shape_entry_fixup(node, out_axis: int, space, graph):
 
 @rule("Reshape")
 def reshape(node, port: Port, graph) -> Effect:
+    """Block expansion or merge along aligned axes, channel shuffle as a permutation; literal target entries are rewritten."""
     if port.index > 0:
         return frozen(f"Reshape '{node.name}' shape input")
     shuffle = _channel_shuffle(node, port, graph)
@@ -289,6 +294,7 @@ def _find_shuffle(node, graph):
 # ---------------------------------------------------------------- axis permutations
 @rule("Transpose")
 def transpose(node, port: Port, graph) -> Effect:
+    """Moves the channel axis to its permuted position."""
     rank = graph.rank(node.input[0])
     perm = list(attr(node, "perm", list(range(rank))[::-1]))
     if port.side == "in":
@@ -308,6 +314,7 @@ def _axes(node, graph, rank):
 
 @rule("Squeeze", "Unsqueeze")
 def squeeze(node, port: Port, graph) -> Effect:
+    """Renumbers axes around the squeezed/unsqueezed ones."""
     if port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' axes input")
     squeezing = node.op_type == "Squeeze"
@@ -332,6 +339,7 @@ def squeeze(node, port: Port, graph) -> Effect:
 # ---------------------------------------------------------------- spatial resampling / padding
 @rule("Resize", "Upsample")
 def resize(node, port: Port, graph) -> Effect:
+    """Channels pass through when their scale is 1; a `sizes` entry is rewritten."""
     if port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' parameter input")
     scales = attr(node, "scales")
@@ -362,6 +370,7 @@ def resize(node, port: Port, graph) -> Effect:
 
 @rule("Pad")
 def pad(node, port: Port, graph) -> Effect:
+    """Channels pass through when the channel axis is not padded."""
     if port.index > 0:
         return frozen(f"Pad '{node.name}' parameter input")
     rank = graph.rank(node.input[0])
@@ -391,6 +400,7 @@ def shape_of(node, port: Port, graph) -> Effect:
 
 @rule("Gather")
 def gather(node, port: Port, graph) -> Effect:
+    """Gathering along another axis passes channels through (renumbered); along the channel axis freezes."""
     if port.index > 0:
         return frozen(f"Gather '{node.name}' indices")
     rank = graph.rank(node.input[0])

@@ -1,0 +1,407 @@
+"""bench/compile: how long the whole graphprune run takes, and how much memory, next to Torch-Pruning.
+
+    python bench/compile.py [--models resnet50,light_resnet50,...] [--out bench/results]
+
+graphprune: the CLI-equivalent run ``graphprune.prune(path, ratio) + graphprune.write(...)``
+(load → canonicalize → analyze → plan → apply → verify → write), once with ``verify=True`` (the
+default) and once with ``verify=False``, on the dynamo export of each torchvision model (from
+``models.zoo``) and on the onnx wheel's light ResNet-50.  Torch-Pruning 1.6: the same torchvision
+architecture (random init, eval) pruned at the same ratio with ``BasePruner`` +
+``MagnitudeImportance(p=2)`` (final classifier ignored), then exported to ONNX, which is the only
+way a Torch-Pruning user gets an ONNX file: with the legacy exporter (opset 17) and with the
+dynamo exporter, each in its own child.
+
+Why this shape:
+* every measurement is a fresh subprocess, so ``ru_maxrss`` is that run's own peak; the RSS right
+  after the imports is the baseline, and peak − baseline is what the run itself costs;
+* imports are outside the timed region on both sides (their seconds are kept in the JSON);
+* graphprune is repeated (median reported) because the machine is shared and noisy; a
+  Torch-Pruning child takes much longer, so it runs ``--tp-repeats`` times (default once);
+* a stage-by-stage RSS trace comes from graphprune's public ``progress`` callback, which fires at
+  the start of each stage, so the stage that raises the high-water mark can be named.
+
+Target (issue): the whole ResNet-50 run under 1 s, peak memory under 2× the file size (checked
+here as (peak − baseline) / file size; the absolute peak / file size is in the JSON as well).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import RESULTS_DIR, run_child, write_results  # noqa: E402
+from models.zoo import TORCHVISION_MODELS, light_model, torchvision_model  # noqa: E402
+
+RATIO = 0.4
+LIGHT_PREFIX = "light_"
+GP_TIMEOUT = 600
+TP_TIMEOUT = 600
+TP_EXPORTERS = ("legacy", "dynamo")
+
+# One graphprune run: imports, baseline, then prune + write timed as one (what the CLI does).
+GP_CHILD = r'''
+import time
+t0 = time.perf_counter()
+import graphprune
+import_s = time.perf_counter() - t0
+base_rss, base_peak = rss_mb(), peak_mb()
+marks = []
+def progress(msg):
+    marks.append([msg, time.perf_counter(), rss_mb(), peak_mb()])
+try:
+    t = time.perf_counter()
+    result = graphprune.prune(PATH, ratio=RATIO, verify=VERIFY, progress=progress)
+    t_prune = time.perf_counter()
+    marks.append(["<write>", t_prune, rss_mb(), peak_mb()])
+    graphprune.write(result, OUT)
+    t_end = time.perf_counter()
+    marks.append(["<end>", t_end, rss_mb(), peak_mb()])
+except Exception as err:
+    emit({"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+          "import_s": import_s, "baseline_rss_mb": base_rss, "peak_mb": peak_mb()})
+    raise SystemExit(0)
+import os
+rep = result.report
+stages = list(rep.seconds) + ["write"]
+trace = None
+if len(marks) == len(stages) + 1:  # one mark at the start of each stage, plus <end>
+    trace = [{"stage": s, "rss_end_mb": marks[i + 1][2], "peak_end_mb": marks[i + 1][3],
+              "peak_growth_mb": marks[i + 1][3] - marks[i][3]} for i, s in enumerate(stages)]
+emit({"ok": True, "total_s": t_end - t, "prune_s": t_prune - t, "write_s": t_end - t_prune,
+      "seconds": dict(rep.seconds, write=t_end - t_prune), "import_s": import_s,
+      "baseline_rss_mb": base_rss, "baseline_peak_mb": base_peak, "peak_mb": peak_mb(),
+      "rss_after_prune_mb": marks[-2][2], "stage_trace": trace,
+      "raw_marks": [[m[0], m[1] - t, m[2], m[3]] for m in marks],
+      "out_bytes": os.path.getsize(OUT), "groups_pruned": rep.groups_pruned,
+      "groups_found": rep.groups_found, "param_ratio": rep.param_ratio, "mac_ratio": rep.mac_ratio,
+      "cosine": rep.fidelity.cosine if rep.fidelity is not None else None})
+'''
+
+# One Torch-Pruning run: build, prune (DependencyGraph build + step), export with EXPORTER.
+TP_CHILD = r'''
+import time, warnings, os
+warnings.simplefilter("ignore")
+t0 = time.perf_counter()
+import torch, torchvision
+import torch_pruning as tp
+if EXPORTER == "dynamo":
+    import onnxscript  # the dynamo exporter's lazy import: keep it out of the timed export
+import_s = time.perf_counter() - t0
+base_rss, base_peak = rss_mb(), peak_mb()
+out = {"ok": False, "import_s": import_s, "baseline_rss_mb": base_rss, "exporter": EXPORTER,
+       "torch_threads": torch.get_num_threads()}
+stage = "build"
+try:
+    torch.manual_seed(0)
+    kwargs = {"weights": None}
+    if NAME == "googlenet":  # as models.zoo exports it: no training-only aux heads
+        kwargs.update(aux_logits=False, init_weights=True)
+    t = time.perf_counter()
+    model = torchvision.models.get_model(NAME, **kwargs).eval()
+    out["build_s"] = time.perf_counter() - t
+    example = torch.randn(1, 3, 224, 224)
+    # the final classifier: the last Linear/Conv producing the 1000 classes
+    heads = [(n, m) for n, m in model.named_modules()
+             if (isinstance(m, torch.nn.Linear) and m.out_features == 1000)
+             or (isinstance(m, torch.nn.Conv2d) and m.out_channels == 1000)]
+    out["ignored_layer"] = heads[-1][0]
+    params_before = sum(p.numel() for p in model.parameters())
+    stage = "dependency graph"
+    t = time.perf_counter()
+    pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=RATIO, ignored_layers=[heads[-1][1]])
+    out["dg_build_s"] = time.perf_counter() - t
+    stage = "pruner.step"
+    t = time.perf_counter()
+    pruner.step()
+    out["step_s"] = time.perf_counter() - t
+    out["prune_s"] = out["dg_build_s"] + out["step_s"]
+    out["peak_after_prune_mb"] = peak_mb()
+    out["param_ratio"] = sum(p.numel() for p in model.parameters()) / params_before
+    stage = f"{EXPORTER} export"
+    model.eval()
+    io = {"input_names": ["input"], "output_names": ["output"],
+          "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
+    t = time.perf_counter()
+    with torch.no_grad():
+        if EXPORTER == "legacy":
+            torch.onnx.export(model, (example,), OUT, dynamo=False, opset_version=17, **io)
+        else:
+            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, **io)
+            program.save(OUT, external_data=False)
+    out["export_s"] = time.perf_counter() - t
+    out["total_s"] = out["prune_s"] + out["export_s"]
+    out["peak_mb"] = peak_mb()
+    out["out_bytes"] = os.path.getsize(OUT)
+    out["ok"] = True
+    # Not measured: is the exported file usable, and does it match the pruned torch model?
+    stage = "check"
+    import numpy as np, onnxruntime as ort
+    sess = ort.InferenceSession(OUT, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out["ort_max_abs_diff"] = float(np.abs(got - ref).max())
+    orig = torchvision.models.get_model(NAME, **kwargs).eval()
+    macs_before, _ = tp.utils.count_ops_and_params(orig, example)
+    macs_after, _ = tp.utils.count_ops_and_params(model, example)
+    out["mac_ratio"] = macs_after / macs_before
+except Exception as err:
+    msg = str(err).strip().splitlines()
+    if stage == "check":
+        out["check_error"] = f"{type(err).__name__}: {msg[0][:300] if msg else ''}"
+    else:
+        out["ok"] = False
+        out["error"] = f"{stage}: {type(err).__name__}: {msg[0][:300] if msg else ''}"
+        out["peak_mb"] = peak_mb()
+emit(out)
+'''
+
+
+def child_code(template: str, **consts) -> str:
+    """The template with its UPPERCASE constants defined in front (repr'd, so paths are safe)."""
+    return "".join(f"{k} = {v!r}\n" for k, v in consts.items()) + template
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def gp_runs(path: Path, verify: bool, repeats: int, workdir: Path) -> list[dict]:
+    runs = []
+    for i in range(repeats):
+        out = workdir / f"gp_{path.stem}_{int(verify)}_{i}.onnx"
+        run = run_child(child_code(GP_CHILD, PATH=str(path), OUT=str(out), RATIO=RATIO,
+                                   VERIFY=verify), GP_TIMEOUT)
+        out.unlink(missing_ok=True)
+        runs.append(run)
+        log(f"  graphprune verify={verify} #{i + 1}: " + (
+            f"{run['total_s']:.3f} s, peak {run['peak_mb']:.0f} MiB" if run["ok"]
+            else f"FAILED {run['error']}"))
+    return runs
+
+
+def gp_summary(runs: list[dict], file_bytes: int) -> dict:
+    """Medians over the successful repeats (per-stage seconds and stage peak growth per key)."""
+    good = [r for r in runs if r["ok"]]
+    if not good:
+        return {"ok": False, "error": runs[0].get("error") if runs else "not run"}
+    file_mb = file_bytes / 2**20
+    peak = median([r["peak_mb"] for r in good])
+    delta = median([r["peak_mb"] - r["baseline_rss_mb"] for r in good])
+    stages = {k: median([r["seconds"].get(k) for r in good]) for k in good[0]["seconds"]}
+    growth = None
+    if all(r["stage_trace"] for r in good):
+        growth = {t["stage"]: median([next(x["peak_growth_mb"] for x in r["stage_trace"]
+                                           if x["stage"] == t["stage"]) for r in good])
+                  for t in good[0]["stage_trace"]}
+    return {"ok": True, "n": len(good), "failed": len(runs) - len(good),
+            "total_s": median([r["total_s"] for r in good]),
+            "total_s_all": [r["total_s"] for r in good],
+            "seconds": stages, "stage_peak_growth_mb": growth,
+            "import_s": median([r["import_s"] for r in good]),
+            "baseline_rss_mb": median([r["baseline_rss_mb"] for r in good]),
+            "peak_mb": peak, "peak_minus_baseline_mb": delta,
+            "peak_over_file": peak / file_mb, "peak_minus_baseline_over_file": delta / file_mb,
+            "rss_after_prune_mb": median([r["rss_after_prune_mb"] for r in good]),
+            "out_bytes": good[0]["out_bytes"], "groups_pruned": good[0]["groups_pruned"],
+            "groups_found": good[0]["groups_found"], "param_ratio": good[0]["param_ratio"],
+            "mac_ratio": good[0]["mac_ratio"], "cosine": good[0]["cosine"]}
+
+
+def tp_runs(name: str, exporter: str, repeats: int, workdir: Path) -> list[dict]:
+    runs = []
+    for i in range(repeats):
+        out = workdir / f"tp_{name}_{exporter}_{i}.onnx"
+        run = run_child(child_code(TP_CHILD, NAME=name, OUT=str(out), RATIO=RATIO,
+                                   EXPORTER=exporter), TP_TIMEOUT)
+        out.unlink(missing_ok=True)
+        runs.append(run)
+        log(f"  torch-pruning + {exporter} export #{i + 1}: " + (
+            f"prune {run['prune_s']:.2f} s, export {run['export_s']:.2f} s, "
+            f"peak {run['peak_mb']:.0f} MiB" if run["ok"] else f"FAILED {run['error']}"))
+    return runs
+
+
+def tp_summary(runs: list[dict]) -> dict:
+    good = [r for r in runs if r["ok"]]
+    if not good:
+        return {"ok": False, "error": runs[0].get("error") if runs else "not run"}
+    keys = ("build_s", "dg_build_s", "step_s", "prune_s", "export_s", "total_s", "import_s",
+            "baseline_rss_mb", "peak_after_prune_mb", "peak_mb")
+    summary = {k: median([r.get(k) for r in good]) for k in keys}
+    summary["peak_minus_baseline_mb"] = median([r["peak_mb"] - r["baseline_rss_mb"] for r in good])
+    for k in ("param_ratio", "mac_ratio", "out_bytes", "ignored_layer", "ort_max_abs_diff",
+              "check_error", "torch_threads"):
+        summary[k] = good[0].get(k)
+    return {"ok": True, "n": len(good), "failed": len(runs) - len(good), **summary}
+
+
+def measure(model: str, repeats: int, tp_repeats: int, workdir: Path, skip_tp: bool) -> dict:
+    row: dict = {"model": model}
+    try:
+        if model.startswith(LIGHT_PREFIX):
+            import onnx
+            path = workdir / f"{model}.onnx"
+            onnx.save(light_model(model[len(LIGHT_PREFIX):]), str(path))
+            row["source"] = f"onnx wheel light model {model[len(LIGHT_PREFIX):]} (random weights)"
+        else:
+            path = torchvision_model(model, "dynamo")
+            row["source"] = "torchvision, random init, dynamo export (models.zoo)"
+    except Exception as err:
+        row["input_error"] = f"{type(err).__name__}: {err}"
+        return row
+    row["file"], row["file_bytes"] = str(path), path.stat().st_size
+    row["file_mb"] = row["file_bytes"] / 2**20
+    log(f"{model}: {row['file_mb']:.1f} MiB")
+    runs = {True: [], False: []}
+    for _ in range(repeats):  # interleave verify / no-verify so drift hits both alike
+        for verify in (True, False):
+            runs[verify] += gp_runs(path, verify, 1, workdir)
+    row["graphprune"] = gp_summary(runs[True], row["file_bytes"])
+    row["graphprune_no_verify"] = gp_summary(runs[False], row["file_bytes"])
+    row["graphprune_runs"] = {"verify": runs[True], "no_verify": runs[False]}
+    if skip_tp or model.startswith(LIGHT_PREFIX):
+        return row
+    row["torch_pruning"] = {}
+    for exporter in TP_EXPORTERS:
+        tp_raw = tp_runs(model, exporter, tp_repeats, workdir)
+        tp = tp_summary(tp_raw)
+        tp["runs"] = tp_raw
+        row["torch_pruning"][exporter] = tp
+        if tp["ok"] and row["graphprune"]["ok"]:
+            tp["gp_over_tp"] = row["graphprune"]["total_s"] / tp["total_s"]
+            if row["graphprune_no_verify"]["ok"]:
+                tp["gp_no_verify_over_tp"] = row["graphprune_no_verify"]["total_s"] / tp["total_s"]
+    return row
+
+
+# ---------------------------------------------------------------------------- tables
+
+def _f(value, fmt="{:.2f}", none="—"):
+    return none if value is None else fmt.format(value)
+
+
+def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
+    main = ["| model | file MiB | gp s | gp s (no verify) | gp peak MiB | gp peak−base MiB "
+            "| ÷ file | TP prune s | TP export s legacy / dynamo | TP peak−base MiB legacy / "
+            "dynamo | gp ÷ TP legacy | gp ÷ TP dynamo | params kept gp / TP |",
+            "|" + "---|" * 13]
+    stage_names: list[str] = []
+    for row in rows:
+        for k in (row.get("graphprune") or {}).get("seconds") or {}:
+            if k not in stage_names:
+                stage_names.append(k)
+    stages = ["| model | " + " | ".join(stage_names) + " | largest peak growth |",
+              "|" + "---|" * (len(stage_names) + 2)]
+    failures = []
+    for row in rows:
+        name = row["model"]
+        if "input_error" in row:
+            failures.append(f"- {name}: input model unavailable: {row['input_error']}")
+            continue
+        gp, gpn = row["graphprune"], row["graphprune_no_verify"]
+        tpl = row.get("torch_pruning", {}).get("legacy", {})
+        tpd = row.get("torch_pruning", {}).get("dynamo", {})
+        for label, s in (("graphprune", gp), ("graphprune --no-verify", gpn),
+                         ("Torch-Pruning + legacy export", tpl),
+                         ("Torch-Pruning + dynamo export", tpd)):
+            if s and not s.get("ok"):
+                failures.append(f"- {name}: {label} failed: {s.get('error')}")
+            elif s and s.get("failed"):
+                failures.append(f"- {name}: {label}: {s['failed']} of {s['n'] + s['failed']} "
+                                f"repeats failed")
+            if s and s.get("check_error"):
+                failures.append(f"- {name}: {label}: exported file check failed: "
+                                f"{s['check_error']}")
+        ok = gp.get("ok")
+        tp_prune = tpl.get("prune_s") if tpl.get("ok") else tpd.get("prune_s")
+        main.append("| " + " | ".join([
+            name, _f(row["file_mb"], "{:.1f}"),
+            _f(gp.get("total_s") if ok else None, "{:.3f}", "failed"),
+            _f(gpn.get("total_s") if gpn.get("ok") else None, "{:.3f}", "failed"),
+            _f(gp.get("peak_mb"), "{:.0f}"), _f(gp.get("peak_minus_baseline_mb"), "{:.0f}"),
+            _f(gp.get("peak_minus_baseline_over_file"), "{:.1f}×"),
+            _f(tp_prune, "{:.2f}", "failed" if "torch_pruning" in row else "n/a"),
+            f"{_f(tpl.get('export_s'), none='failed' if tpl else 'n/a')} / "
+            f"{_f(tpd.get('export_s'), none='failed' if tpd else 'n/a')}",
+            f"{_f(tpl.get('peak_minus_baseline_mb'), '{:.0f}', '—')} / "
+            f"{_f(tpd.get('peak_minus_baseline_mb'), '{:.0f}', '—')}",
+            _f(tpl.get("gp_over_tp"), "{:.3f}"), _f(tpd.get("gp_over_tp"), "{:.3f}"),
+            f"{_f(gp.get('param_ratio'))} / "
+            f"{_f(tpl.get('param_ratio') or tpd.get('param_ratio'))}",
+        ]) + " |")
+        if ok:
+            growth = gp.get("stage_peak_growth_mb") or {}
+            big = max(growth, key=growth.get) if growth else None
+            stages.append("| " + " | ".join(
+                [name] + [_f(gp["seconds"].get(k), "{:.3f}") for k in stage_names]
+                + [f"{big} +{growth[big]:.0f} MiB" if big else "—"]) + " |")
+    lines = [f"## graphprune vs Torch-Pruning, ratio {RATIO}",
+             "",
+             f"graphprune: `prune(path, ratio={RATIO})` + `write()` (load → prune → verify → "
+             f"write), median of {repeats} fresh processes; Torch-Pruning 1.6: DependencyGraph "
+             f"+ `pruner.step()` (BasePruner, MagnitudeImportance(p=2), classifier ignored), "
+             f"then `torch.onnx.export`, {tp_repeats} run(s) per exporter"
+             + (" (once: each run takes long)" if tp_repeats == 1 else "")
+             + ". Imports excluded. peak−base = ru_maxrss − RSS after imports. "
+             "gp ÷ TP = graphprune total / (TP prune + export), same run.", ""]
+    lines += main + ["", "graphprune stage seconds (median, verify run) and the stage that "
+                     "raised peak RSS most:", ""] + stages
+    target = next((r for r in rows if r["model"] == "resnet50" and r.get("graphprune", {})
+                   .get("ok")), None)
+    if target:
+        gp = target["graphprune"]
+        lines += ["", f"Target, ResNet-50 (torchvision, dynamo export, {target['file_mb']:.0f} "
+                      f"MiB): whole run {gp['total_s']:.3f} s (target < 1 s: "
+                      f"{'met' if gp['total_s'] < 1 else 'missed'}); peak − baseline "
+                      f"{gp['peak_minus_baseline_over_file']:.2f}× file (target < 2×: "
+                      f"{'met' if gp['peak_minus_baseline_over_file'] < 2 else 'missed'}; "
+                      f"absolute peak {gp['peak_over_file']:.2f}× file)."]
+    if failures:
+        lines += ["", "Failures:", ""] + failures
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default = ["resnet50", f"{LIGHT_PREFIX}resnet50"] + [m for m in TORCHVISION_MODELS
+                                                          if m != "resnet50"]
+    parser.add_argument("--models", default=",".join(default),
+                        help="comma-separated torchvision names and/or light_<name> "
+                             "(default: resnet50, light_resnet50, then all TORCHVISION_MODELS)")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="results directory")
+    parser.add_argument("--repeats", type=int, default=3, help="graphprune runs per model")
+    parser.add_argument("--tp-repeats", type=int, default=1,
+                        help="Torch-Pruning runs per model and exporter")
+    parser.add_argument("--skip-tp", action="store_true", help="graphprune only")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_compile_") as tmp:
+        for model in models:
+            rows.append(measure(model, args.repeats, args.tp_repeats, Path(tmp), args.skip_tp))
+            # partial results survive a crash or an interrupted run
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "compile.partial.json").write_text(
+                json.dumps(rows, indent=1, default=str))
+    table = tables(rows, args.repeats, args.tp_repeats)
+    write_results("compile", rows, table, args.out,
+                  extra={"ratio": RATIO, "repeats": args.repeats, "tp_repeats": args.tp_repeats})
+    (Path(args.out) / "compile.partial.json").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Parameter and MAC reduction of every zoo model at one ratio: the table item 2 asks for.
+
+    python bench/zoo_reduction.py [--ratio 0.4] [--round-to 8]
+
+Writes bench/results/zoo_reduction.json and .md; prints the table. Figures are measured, never
+stored: rerun after any change to the rules.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import graphprune  # noqa: E402
+from models import zoo  # noqa: E402
+
+
+def _cases():
+    for name in zoo.LIGHT_MODELS:
+        yield f"onnx-light/{name}", lambda name=name: zoo.light_model(name)
+    for name in zoo.TORCHVISION_MODELS:
+        for exporter in zoo.EXPORTERS:
+            yield f"{name} ({exporter})", lambda n=name, e=exporter: zoo.torchvision_model(n, e)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratio", type=float, default=0.4)
+    parser.add_argument("--round-to", type=int, default=graphprune.DEFAULT_ROUND_TO)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    rows = []
+    for label, load in _cases():
+        start = time.perf_counter()
+        try:
+            rep = graphprune.prune(load(), ratio=args.ratio, round_to=args.round_to).report
+        except graphprune.GraphpruneError as err:
+            rows.append({"model": label, "error": str(err)})
+            continue
+        reasons = sorted({why for _, why in rep.frozen if "graph input or output" not in why})
+        rows.append({"model": label, "params_before": rep.params_before,
+                     "params_after": rep.params_after, "param_reduction": 1 - rep.param_ratio,
+                     "mac_reduction": 1 - rep.mac_ratio, "groups": rep.groups_found,
+                     "pruned": rep.groups_pruned, "cosine": rep.fidelity.cosine,
+                     "seconds": time.perf_counter() - start, "frozen_reasons": reasons})
+    lines = [f"ratio {args.ratio}, round-to {args.round_to}", "",
+             "| model | params before | params removed | MACs removed | groups pruned/found | "
+             "frozen for (besides the output layer) |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | | | | | error: {r['error']} |")
+            continue
+        why = "; ".join(w[:70] for w in r["frozen_reasons"][:2]) or "-"
+        lines.append(f"| {r['model']} | {r['params_before']:,} | {r['param_reduction']:.1%} | "
+                     f"{r['mac_reduction']:.1%} | {r['pruned']}/{r['groups']} | {why} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "zoo_reduction.json").write_text(json.dumps(
+        {"ratio": args.ratio, "round_to": args.round_to, "rows": rows}, indent=1))
+    (args.out / "zoo_reduction.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

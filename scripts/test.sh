@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README; .ci/run calls it): a venv with the test and zoo extras, then the
+# fast suite and the model-zoo stage. pytest's exit code 5 ("no tests ran") counts as failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${GRAPHPRUNE_VENV:-.venv}
+set -e
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test,zoo]'
+set +e
+
+stage() {
+    local name=$1; shift
+    echo "=== $name"
+    local start=$SECONDS
+    "$VENV/bin/python" -m pytest "$@"
+    local rc=$?
+    echo "=== $name: exit $rc in $((SECONDS - start)) s"
+    if [ "$rc" -eq 5 ]; then echo "no tests ran in stage '$name': failing"; return 1; fi
+    return "$rc"
+}
+
+stage "fast suite" -m "not zoo" -q || exit 1
+stage "model zoo (exports are cached in ${GRAPHPRUNE_ZOO_CACHE:-~/.cache/graphprune/zoo})" \
+    -m zoo -q || exit 1

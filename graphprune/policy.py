@@ -57,13 +57,15 @@ class Plan:
     def from_json(cls, text: str, source: str = "plan") -> "Plan":
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("the top level is not an object")
             if data.get("version") != PLAN_VERSION:
                 raise UsageError(f"{source}: plan version {data.get('version')} is not "
                                  f"{PLAN_VERSION}; re-create it with --save-plan")
             groups = [GroupPlan(**g) for g in data["groups"]]
             return cls(data["criterion"], data["ratio"], data["round_to"], groups,
                        data.get("skipped", {}))
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise UsageError(f"{source}: not a graphprune plan ({err})") from None
 
     def by_key(self) -> dict[str, GroupPlan]:

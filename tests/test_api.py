@@ -1,0 +1,108 @@
+"""The Python API end to end: loading forms, options, plans, determinism, never harming input."""
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+
+import graphprune
+from graphprune import Plan, UsageError, prune, write
+from graphprune.policy import kept_count
+from models.blocks import BLOCKS, save_with_external_data, with_constant_nodes
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_external_data_model_prunes_and_input_is_untouched(tmp_path):
+    src = tmp_path / "ext.onnx"
+    save_with_external_data(BLOCKS["resnet_basic"](0), src)
+    hashes = {p.name: _sha(p) for p in tmp_path.iterdir()}
+    result = prune(src, ratio=0.5)
+    out = write(result, tmp_path / "out.onnx", source=src)
+    assert {p.name: _sha(p) for p in tmp_path.iterdir() if p.name in hashes} == hashes
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert result.report.param_ratio < 0.7
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_constant_node_weights_prune_like_initializers():
+    plain = prune(BLOCKS["resnet_basic"](0), ratio=0.5, verify=False)
+    constants = prune(with_constant_nodes(BLOCKS["resnet_basic"](0)), ratio=0.5, verify=False)
+    assert constants.report.params_after == plain.report.params_after
+    assert [g.keep for g in constants.plan.groups] == [g.keep for g in plain.plan.groups]
+
+
+def test_same_input_gives_same_bytes():
+    a = prune(BLOCKS["mobilenet_v3"](0), ratio=0.4).model.SerializeToString()
+    b = prune(BLOCKS["mobilenet_v3"](0), ratio=0.4).model.SerializeToString()
+    assert a == b
+
+
+def test_caller_model_is_not_modified():
+    model = BLOCKS["densenet"](0)
+    before = model.SerializeToString()
+    prune(model, ratio=0.4)
+    assert model.SerializeToString() == before
+
+
+def test_exclude_keeps_named_layer_whole():
+    model = BLOCKS["resnet_basic"](0)
+    full = prune(model, ratio=0.5, round_to=1, verify=False)
+    key = full.plan.groups[0].key
+    tensor = key.rsplit(":", 1)[0]
+    excluded = prune(model, ratio=0.5, round_to=1, exclude=(tensor,), verify=False)
+    assert key not in {g.key for g in excluded.plan.groups}
+    assert key in excluded.report.skipped
+    assert excluded.report.params_after > full.report.params_after
+
+
+def test_round_to_gives_multiples():
+    result = prune(BLOCKS["resnet_bottleneck"](0), ratio=0.3, round_to=8, verify=False)
+    for g in result.plan.groups:
+        assert len(g.keep) % 8 == 0 or g.size <= 8
+
+
+@pytest.mark.parametrize("n,ratio,round_to,expected", [
+    (64, 0.4, 1, 39), (64, 0.4, 8, 40), (64, 0.4, 16, 32), (10, 0.99, 1, 1), (8, 0.5, 16, 4),
+    (7, 0.0, 8, 7)])
+def test_kept_count(n, ratio, round_to, expected):
+    assert kept_count(n, ratio, round_to) == expected
+
+
+def test_plan_round_trip_and_mismatch():
+    result = prune(BLOCKS["resnet_basic"](0), ratio=0.4)
+    plan = Plan.from_json(result.plan.to_json())
+    replay = prune(BLOCKS["resnet_basic"](0), plan=plan)
+    assert replay.model.SerializeToString() == result.model.SerializeToString()
+    with pytest.raises(UsageError, match="does not match"):
+        prune(BLOCKS["densenet"](0), plan=plan)
+    with pytest.raises(UsageError, match="not a graphprune plan"):
+        Plan.from_json("[1, 2]")
+
+
+def test_bn_scale_criterion_keeps_largest_gamma():
+    """Folded BN |gamma| decides: shrink one BN's gamma on some channels; they must go first."""
+    model = BLOCKS["resnet_basic"](0)
+    bn = next(n for n in model.graph.node if n.name == "layer1.0.bn1")
+    inits = {t.name: t for t in model.graph.initializer}
+    scale = onnx.numpy_helper.to_array(inits[bn.input[1]]).copy()
+    scale[:4] = 1e-4  # the four weakest by BN scale, whatever their filters' magnitude
+    inits[bn.input[1]].CopyFrom(onnx.numpy_helper.from_array(scale, bn.input[1]))
+    result = prune(model, ratio=0.2, criterion="bn_scale", round_to=1, verify=False)
+    group = next(g for g in result.plan.groups if f"{bn.output[0]}:1" in g.members)
+    assert len(group.keep) == group.size - 4
+    assert not set(range(4)) & set(group.keep)
+
+
+def test_unknown_criterion_and_bad_ratio():
+    with pytest.raises(UsageError, match="criterion"):
+        prune(BLOCKS["resnet_basic"](0), criterion="nope")
+    with pytest.raises(UsageError, match="ratio"):
+        prune(BLOCKS["resnet_basic"](0), ratio=1.0)
+
+
+def test_public_api_is_small():
+    assert set(graphprune.__all__) >= {"prune", "write", "analyze_model", "Plan", "PruneResult"}
+    assert graphprune.__version__

@@ -38,6 +38,18 @@ def peak_mb():
     """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
     return _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024
 
+def hwm_mb():
+    """Peak RSS of this process's own address space, MiB (VmHWM, /proc/self/status).
+
+    Unlike ru_maxrss, VmHWM starts afresh at exec: ru_maxrss of a child also counts the RSS its
+    parent had when it forked, so a big parent inflates every child's ru_maxrss.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
 def emit(obj):
     """Hand the result to the parent: one marked JSON line on stdout."""
     _sys.stdout.write({_MARK!r} + _json.dumps(obj, default=str) + "\\n")
@@ -97,8 +109,9 @@ def machine_info() -> dict:
 def run_child(code: str, timeout: float) -> dict:
     """Run ``code`` in a fresh ``python -c`` and return the dict it passed to ``emit``.
 
-    The code sees ``rss_mb()``, ``peak_mb()`` and ``emit(obj)`` (see CHILD_PRELUDE) and the repo
-    root on sys.path.  Always returns a dict with ``ok`` and ``child_wall_s``; when the child
+    The code sees ``rss_mb()``, ``peak_mb()`` (ru_maxrss), ``hwm_mb()`` (VmHWM) and ``emit(obj)``
+    (see CHILD_PRELUDE) and the repo root on sys.path.  Keep the calling process small: a child's
+    ru_maxrss is at least the parent's RSS at fork time (compare with ``hwm_mb()``).  Always returns a dict with ``ok`` and ``child_wall_s``; when the child
     crashes, times out or emits nothing, ``ok`` is False and ``error`` says why (with the tail of
     its stderr), so one bad run never stops a benchmark.
     """

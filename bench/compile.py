@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import RESULTS_DIR, run_child, write_results  # noqa: E402
-from models.zoo import TORCHVISION_MODELS, light_model, torchvision_model  # noqa: E402
+from models.zoo import LIGHT_MODELS, TORCHVISION_MODELS  # noqa: E402  (imports no torch: the parent stays small)
 
 RATIO = 0.4
 LIGHT_PREFIX = "light_"
@@ -52,18 +53,19 @@ import_s = time.perf_counter() - t0
 base_rss, base_peak = rss_mb(), peak_mb()
 marks = []
 def progress(msg):
-    marks.append([msg, time.perf_counter(), rss_mb(), peak_mb()])
+    marks.append([msg, time.perf_counter(), rss_mb(), hwm_mb()])
 try:
     t = time.perf_counter()
     result = graphprune.prune(PATH, ratio=RATIO, verify=VERIFY, progress=progress)
     t_prune = time.perf_counter()
-    marks.append(["<write>", t_prune, rss_mb(), peak_mb()])
+    marks.append(["<write>", t_prune, rss_mb(), hwm_mb()])
     graphprune.write(result, OUT)
     t_end = time.perf_counter()
-    marks.append(["<end>", t_end, rss_mb(), peak_mb()])
+    marks.append(["<end>", t_end, rss_mb(), hwm_mb()])
 except Exception as err:
     emit({"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-          "import_s": import_s, "baseline_rss_mb": base_rss, "peak_mb": peak_mb()})
+          "import_s": import_s, "baseline_rss_mb": base_rss, "peak_mb": peak_mb(),
+          "hwm_mb": hwm_mb()})
     raise SystemExit(0)
 import os
 rep = result.report
@@ -75,6 +77,7 @@ if len(marks) == len(stages) + 1:  # one mark at the start of each stage, plus <
 emit({"ok": True, "total_s": t_end - t, "prune_s": t_prune - t, "write_s": t_end - t_prune,
       "seconds": dict(rep.seconds, write=t_end - t_prune), "import_s": import_s,
       "baseline_rss_mb": base_rss, "baseline_peak_mb": base_peak, "peak_mb": peak_mb(),
+      "hwm_mb": hwm_mb(),
       "rss_after_prune_mb": marks[-2][2], "stage_trace": trace,
       "raw_marks": [[m[0], m[1] - t, m[2], m[3]] for m in marks],
       "out_bytes": os.path.getsize(OUT), "groups_pruned": rep.groups_pruned,
@@ -136,7 +139,7 @@ try:
             program.save(OUT, external_data=False)
     out["export_s"] = time.perf_counter() - t
     out["total_s"] = out["prune_s"] + out["export_s"]
-    out["peak_mb"] = peak_mb()
+    out["peak_mb"], out["hwm_mb"] = peak_mb(), hwm_mb()
     out["out_bytes"] = os.path.getsize(OUT)
     out["ok"] = True
     # Not measured: is the exported file usable, and does it match the pruned torch model?
@@ -159,9 +162,35 @@ except Exception as err:
     else:
         out["ok"] = False
         out["error"] = f"{stage}: {type(err).__name__}: {msg[0][:300] if msg else ''}"
-        out["peak_mb"] = peak_mb()
+        out["peak_mb"], out["hwm_mb"] = peak_mb(), hwm_mb()
 emit(out)
 '''
+
+
+# Materialises the input in a child, so the parent stays small (see peak()).
+PREPARE_CHILD = r'''
+from models.zoo import light_model, torchvision_model
+if NAME.startswith("light_"):
+    import onnx
+    onnx.save(light_model(NAME[len("light_"):]), DEST)
+    emit({"ok": True, "path": DEST})
+else:
+    emit({"ok": True, "path": str(torchvision_model(NAME, "dynamo"))})
+'''
+
+
+def peak(run: dict) -> float:
+    """The child's peak RSS: ru_maxrss, unless the parent's RSS at fork inflated it.
+
+    Linux carries the RSS a process had before exec into the child's ru_maxrss, so a parent
+    larger than the child would set a floor under every measurement; VmHWM starts at exec. The
+    parent is kept small so the two agree; where they do not, VmHWM is used (and flagged).
+    """
+    hwm = run.get("hwm_mb")
+    if hwm is not None and run["peak_mb"] > hwm + 8:
+        run["peak_inflated_by_parent"] = True
+        return hwm
+    return run["peak_mb"]
 
 
 def child_code(template: str, **consts) -> str:
@@ -187,7 +216,7 @@ def gp_runs(path: Path, verify: bool, repeats: int, workdir: Path) -> list[dict]
         out.unlink(missing_ok=True)
         runs.append(run)
         log(f"  graphprune verify={verify} #{i + 1}: " + (
-            f"{run['total_s']:.3f} s, peak {run['peak_mb']:.0f} MiB" if run["ok"]
+            f"{run['total_s']:.3f} s, peak {peak(run):.0f} MiB" if run["ok"]
             else f"FAILED {run['error']}"))
     return runs
 
@@ -198,8 +227,8 @@ def gp_summary(runs: list[dict], file_bytes: int) -> dict:
     if not good:
         return {"ok": False, "error": runs[0].get("error") if runs else "not run"}
     file_mb = file_bytes / 2**20
-    peak = median([r["peak_mb"] for r in good])
-    delta = median([r["peak_mb"] - r["baseline_rss_mb"] for r in good])
+    top = median([peak(r) for r in good])
+    delta = median([peak(r) - r["baseline_rss_mb"] for r in good])
     stages = {k: median([r["seconds"].get(k) for r in good]) for k in good[0]["seconds"]}
     growth = None
     if all(r["stage_trace"] for r in good):
@@ -212,8 +241,9 @@ def gp_summary(runs: list[dict], file_bytes: int) -> dict:
             "seconds": stages, "stage_peak_growth_mb": growth,
             "import_s": median([r["import_s"] for r in good]),
             "baseline_rss_mb": median([r["baseline_rss_mb"] for r in good]),
-            "peak_mb": peak, "peak_minus_baseline_mb": delta,
-            "peak_over_file": peak / file_mb, "peak_minus_baseline_over_file": delta / file_mb,
+            "peak_mb": top, "peak_minus_baseline_mb": delta,
+            "peak_inflated_by_parent": any(r.get("peak_inflated_by_parent") for r in good),
+            "peak_over_file": top / file_mb, "peak_minus_baseline_over_file": delta / file_mb,
             "rss_after_prune_mb": median([r["rss_after_prune_mb"] for r in good]),
             "out_bytes": good[0]["out_bytes"], "groups_pruned": good[0]["groups_pruned"],
             "groups_found": good[0]["groups_found"], "param_ratio": good[0]["param_ratio"],
@@ -230,7 +260,7 @@ def tp_runs(name: str, exporter: str, repeats: int, workdir: Path) -> list[dict]
         runs.append(run)
         log(f"  torch-pruning + {exporter} export #{i + 1}: " + (
             f"prune {run['prune_s']:.2f} s, export {run['export_s']:.2f} s, "
-            f"peak {run['peak_mb']:.0f} MiB" if run["ok"] else f"FAILED {run['error']}"))
+            f"peak {peak(run):.0f} MiB" if run["ok"] else f"FAILED {run['error']}"))
     return runs
 
 
@@ -239,9 +269,11 @@ def tp_summary(runs: list[dict]) -> dict:
     if not good:
         return {"ok": False, "error": runs[0].get("error") if runs else "not run"}
     keys = ("build_s", "dg_build_s", "step_s", "prune_s", "export_s", "total_s", "import_s",
-            "baseline_rss_mb", "peak_after_prune_mb", "peak_mb")
+            "baseline_rss_mb", "peak_after_prune_mb")
     summary = {k: median([r.get(k) for r in good]) for k in keys}
-    summary["peak_minus_baseline_mb"] = median([r["peak_mb"] - r["baseline_rss_mb"] for r in good])
+    summary["peak_mb"] = median([peak(r) for r in good])
+    summary["peak_minus_baseline_mb"] = median([peak(r) - r["baseline_rss_mb"] for r in good])
+    summary["peak_inflated_by_parent"] = any(r.get("peak_inflated_by_parent") for r in good)
     for k in ("param_ratio", "mac_ratio", "out_bytes", "ignored_layer", "ort_max_abs_diff",
               "check_error", "torch_threads"):
         summary[k] = good[0].get(k)
@@ -250,18 +282,18 @@ def tp_summary(runs: list[dict]) -> dict:
 
 def measure(model: str, repeats: int, tp_repeats: int, workdir: Path, skip_tp: bool) -> dict:
     row: dict = {"model": model}
-    try:
-        if model.startswith(LIGHT_PREFIX):
-            import onnx
-            path = workdir / f"{model}.onnx"
-            onnx.save(light_model(model[len(LIGHT_PREFIX):]), str(path))
-            row["source"] = f"onnx wheel light model {model[len(LIGHT_PREFIX):]} (random weights)"
-        else:
-            path = torchvision_model(model, "dynamo")
-            row["source"] = "torchvision, random init, dynamo export (models.zoo)"
-    except Exception as err:
-        row["input_error"] = f"{type(err).__name__}: {err}"
+    if model.startswith(LIGHT_PREFIX):
+        row["source"] = f"onnx wheel light model {model[len(LIGHT_PREFIX):]} (random weights)"
+    else:
+        row["source"] = "torchvision, random init, dynamo export (models.zoo)"
+    prep = run_child(child_code(PREPARE_CHILD, NAME=model, DEST=str(workdir / f"{model}.onnx")),
+                     TP_TIMEOUT)
+    if not prep["ok"]:
+        row["input_error"] = prep["error"]
+        log(f"{model}: input unavailable: {prep['error']}")
         return row
+    path = Path(prep["path"])
+    row["loadavg_before"] = os.getloadavg()
     row["file"], row["file_bytes"] = str(path), path.stat().st_size
     row["file_mb"] = row["file_bytes"] / 2**20
     log(f"{model}: {row['file_mb']:.1f} MiB")
@@ -374,6 +406,12 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
     return "\n".join(lines)
 
 
+def _parent_peak_mb() -> float:
+    """This process's own peak (it must stay under the children's baselines; see peak())."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default = ["resnet50", f"{LIGHT_PREFIX}resnet50"] + [m for m in TORCHVISION_MODELS
@@ -388,6 +426,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tp", action="store_true", help="graphprune only")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    known = set(TORCHVISION_MODELS) | {LIGHT_PREFIX + m for m in LIGHT_MODELS}
+    if set(models) - known:
+        parser.error(f"unknown model(s) {sorted(set(models) - known)}; choose from "
+                     f"{sorted(known)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_compile_") as tmp:
         for model in models:
@@ -398,7 +440,8 @@ def main(argv=None) -> int:
                 json.dumps(rows, indent=1, default=str))
     table = tables(rows, args.repeats, args.tp_repeats)
     write_results("compile", rows, table, args.out,
-                  extra={"ratio": RATIO, "repeats": args.repeats, "tp_repeats": args.tp_repeats})
+                  extra={"ratio": RATIO, "repeats": args.repeats, "tp_repeats": args.tp_repeats,
+                         "parent_peak_mb": _parent_peak_mb()})
     (Path(args.out) / "compile.partial.json").unlink(missing_ok=True)
     return 0
 

@@ -13,8 +13,8 @@ from typing import Callable
 import onnx
 
 from .analysis import Analysis, analyze
-from .errors import NothingToPruneError, UnsafeResultError, UsageError
-from .io import load_model, save_model
+from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
+from .io import check_structure, load_model, save_model
 from .ir import Graph
 from .metrics import count_macs, count_params
 from .policy import Plan, PolicyConfig, make_plan
@@ -28,6 +28,7 @@ from .verify import Fidelity, compare, random_inputs, run
 DEFAULT_ROUND_TO = 8
 
 ModelLike = str | os.PathLike | onnx.ModelProto
+_CHECK_EMBED_LIMIT = 4096  # weights above this size are declared, not copied, for the checker
 Progress = Callable[[str], None]
 
 
@@ -89,20 +90,33 @@ class PruneResult:
     model: onnx.ModelProto
     plan: Plan
     report: Report
+    _serialized: bytes | None = field(default=None, repr=False)
+
+    def serialized(self) -> bytes:
+        """The model's bytes, computed once (verification and writing both need them)."""
+        if self._serialized is None:
+            self._serialized = self.model.SerializeToString()
+        return self._serialized
 
 
 def load_graph(model: ModelLike) -> tuple[onnx.ModelProto, Graph]:
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     graph = Graph.from_model(proto)
+    source = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
+    check_structure(graph.to_model(embed_limit=_CHECK_EMBED_LIMIT), source)
     graph.infer_shapes()
     return proto, graph
 
 
 def canonicalize(graph: Graph) -> list[str]:
+    """Run the canonicalizing passes, then bind dynamic dims for the analysis that follows."""
     from .passes import run_passes
 
+    # Bound shapes let constant folding resolve shape arithmetic of legacy exports; the
+    # folding pass never folds a stand-in itself (Graph.static_dims).
+    graph.infer_shapes(bind_dynamic=True)
     changed = run_passes(graph)
-    graph.infer_shapes()
+    graph.infer_shapes(bind_dynamic=True)
     return changed
 
 
@@ -132,11 +146,12 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     say(f"loading {source}")
     original, graph = load_graph(model)
-    report.params_before, report.macs_before = count_params(graph), count_macs(graph)
+    report.params_before = count_params(graph)
     clock.lap(report, "load")
 
     say("canonicalizing")
     report.passes = canonicalize(graph)
+    report.macs_before = count_macs(graph)  # canonical shapes are complete; MACs unchanged
     clock.lap(report, "canonicalize")
 
     say("analyzing channel dependencies")
@@ -158,45 +173,68 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     report.groups_pruned = apply_plan(graph, analysis, plan)
     graph.reindex()
     try:
-        graph.infer_shapes(strict=True)
+        graph.infer_shapes(strict=True)  # also drops the analysis' stand-ins for dynamic dims
     except Exception as err:  # a rule produced an inconsistent graph: never write it
         raise UnsafeResultError(f"{source}: the pruned graph is inconsistent ({err}); nothing "
                                 f"was written. Use --exclude on the nodes named to skip them") from None
+    try:
+        check_structure(graph.to_model(embed_limit=_CHECK_EMBED_LIMIT), source)
+    except GraphpruneError as err:
+        raise UnsafeResultError(f"the pruned graph fails onnx.checker ({err}); nothing was "
+                                f"written") from None
     result = graph.to_model()
+    graph.infer_shapes(bind_dynamic=True)
     report.params_after, report.macs_after = count_params(graph), count_macs(graph)
     clock.lap(report, "apply")
 
     _check_interface(original, result, source)
+    outcome = PruneResult(result, plan, report)
     if verify:
         say("verifying in ONNX Runtime")
-        report.fidelity = _verify(original, result, source, seed)
+        reference = model if not isinstance(model, onnx.ModelProto) else original
+        report.fidelity = _verify(reference, original, outcome.serialized(), source, seed)
         clock.lap(report, "verify")
-    return PruneResult(result, plan, report)
+    return outcome
 
 
 def write(result: PruneResult, path: str | os.PathLike, source: str | None = None) -> Path:
     """Write a pruned model atomically (never over the input file)."""
-    return save_model(result.model, path, protect=source)
+    data = result.serialized() if result.model.ByteSize() < 2**31 - 2**20 else result.model
+    return save_model(data, path, protect=source)
 
 
-def _verify(original: onnx.ModelProto, result: onnx.ModelProto, source: str,
+def _verify(reference, original: onnx.ModelProto, candidate: bytes, source: str,
             seed: int) -> Fidelity:
+    """Run the input model and the result side by side (two threads: session creation
+    dominates and ONNX Runtime releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     feeds = random_inputs(original, seed)
-    try:
-        reference = run(original, feeds)
-    except Exception as err:
-        raise UsageError(f"{source}: ONNX Runtime cannot run the input model ({err}); "
-                         f"use --no-verify to prune without the check") from None
-    try:
-        candidate = run(result, feeds)
-    except Exception as err:
-        raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
-                                f"({str(err).splitlines()[0]}); nothing was written") from None
-    for a, b in zip(reference, candidate):
+    with ThreadPoolExecutor(2) as pool:
+        before = pool.submit(run, reference if isinstance(reference, onnx.ModelProto)
+                             else str(reference), feeds)
+        after = pool.submit(run, candidate, feeds)
+        try:
+            expected = before.result()
+        except Exception as err:
+            raise UsageError(f"{source}: ONNX Runtime cannot run the input model "
+                             f"({_first_line(err)}); use --no-verify to prune without the "
+                             f"check") from None
+        try:
+            got = after.result()
+        except Exception as err:
+            raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
+                                    f"({_first_line(err)}); nothing was written") from None
+    for a, b in zip(expected, got):
         if a.shape != b.shape:
             raise UnsafeResultError(f"{source}: pruned output shape {b.shape} differs from "
                                     f"{a.shape}; nothing was written")
-    return compare(reference, candidate)
+    return compare(expected, got)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
 
 
 def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, source: str) -> None:
@@ -211,7 +249,6 @@ def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, source:
     if interface(original) != interface(result):
         raise UnsafeResultError(f"{source}: pruning would change the model's inputs or outputs; "
                                 f"nothing was written")
-    onnx.checker.check_model(result)
 
 
 def _top_reason(analysis: Analysis) -> str:

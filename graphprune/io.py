@@ -37,16 +37,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise ModelLoadError(f"{path}: its external weight data cannot be read ({_short(err)}); "
                              f"keep the data file(s) beside the model") from None
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        raise ModelLoadError(f"{path}: invalid ONNX model: {_short(err)}") from None
-    except ValueError:
-        pass  # models over 2 GB cannot be checked in memory; the runtime check follows later
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike,
+def check_structure(model: onnx.ModelProto, source: str) -> None:
+    """onnx.checker on a model, with a user-facing error. Callers pass a weightless view
+    (Graph.to_model(embed_limit=...)): checking copies the model, and weights need no check."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise ModelLoadError(f"{source}: invalid ONNX model: {_short(err)}") from None
+
+
+def save_model(model: onnx.ModelProto | bytes, path: str | os.PathLike,
                protect: str | os.PathLike | None = None) -> Path:
     """Write atomically; weights go to `<name>.data` beside it when the model exceeds 2 GB."""
     path = Path(path)
@@ -54,7 +57,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike,
         raise UsageError(f"{path}: refusing to overwrite the input model; choose another -o")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: output directory does not exist")
-    external = model.ByteSize() > _PROTOBUF_LIMIT
+    data = model if isinstance(model, bytes) else None
+    external = data is None and model.ByteSize() > _PROTOBUF_LIMIT
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -67,7 +71,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike,
             os.replace(data_tmp, path.parent / data_name)
         else:
             with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
+                f.write(data if data is not None else model.SerializeToString())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -34,6 +34,8 @@ class Graph:
     # |gamma| of BatchNorms folded away, keyed by the tensor the BN produced: the BN-scale
     # criterion needs them after folding has removed the BN nodes.
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    # Dim values that stand in for dynamic dims in `shapes` (see infer_shapes(bind_dynamic)).
+    stand_ins: frozenset = frozenset()
     _producer: dict[str, onnx.NodeProto] = field(default_factory=dict, repr=False)
     _consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict, repr=False)
 
@@ -81,6 +83,13 @@ class Graph:
         """The value of a tensor known at compile time, or None."""
         return self.weights.get(tensor) if tensor else None
 
+    def static_dims(self, tensor: str) -> tuple | None:
+        """Shape with stand-ins for dynamic dims shown as None: what is really known."""
+        shape = self.shape(tensor)
+        if shape is None or not self.stand_ins:
+            return shape
+        return tuple(None if d in self.stand_ins else d for d in shape)
+
     def shape(self, tensor: str) -> tuple | None:
         if tensor in self.weights:
             return tuple(self.weights[tensor].shape)
@@ -122,7 +131,7 @@ class Graph:
         return name
 
     # ---------------------------------------------------------------- shapes
-    def infer_shapes(self, strict: bool = False) -> None:
+    def infer_shapes(self, strict: bool = False, bind_dynamic: bool = False) -> None:
         """Static shapes for every tensor, inferred without copying large weights.
 
         onnx leaves some op outputs untyped (GroupNormalization-21 in onnx 1.23); for ops that
@@ -130,9 +139,12 @@ class Graph:
         after them get shapes too. `strict` raises on any inconsistency (used on results).
         """
         hints: list[onnx.ValueInfoProto] = []
+        self.stand_ins = frozenset(_DYNAMIC_STAND_INS) if bind_dynamic else frozenset()
         for _ in range(8):
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
+            if bind_dynamic:
+                _bind_dynamic_dims(model)
             try:
                 inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
             except Exception:  # partial information is still useful
@@ -197,6 +209,21 @@ class Graph:
 
     def _used(self, name: str) -> bool:
         return bool(self._consumers.get(name)) or name in self.output_names
+
+
+# Stand-ins for dynamic dims during analysis: large primes, one per symbolic name.
+_DYNAMIC_STAND_INS = (100003, 100019, 100043, 100049, 100057, 100069)
+
+
+def _bind_dynamic_dims(model: onnx.ModelProto) -> None:
+    names: dict[str, int] = {}
+    for vi in model.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                key = dim.dim_param or f"?{len(names)}"
+                if key not in names:
+                    names[key] = _DYNAMIC_STAND_INS[len(names) % len(_DYNAMIC_STAND_INS)]
+                dim.dim_value = names[key]
 
 
 def _node_inputs(node: onnx.NodeProto) -> Iterable[str]:

@@ -1,4 +1,8 @@
-"""Parameter and FLOP counts, from weights and inferred shapes (unknown dims count as 1)."""
+"""Parameter and FLOP counts, from weights and inferred shapes.
+
+Dynamic dims (the batch) count as 1, so MACs are per sample; analysis stand-ins for dynamic
+dims are read as dynamic (Graph.static_dims).
+"""
 from __future__ import annotations
 
 import math
@@ -25,17 +29,17 @@ def count_macs(graph: Graph) -> int:
     for node in graph.nodes:
         op = node.op_type
         if op == "Conv":
-            w = graph.shape(node.input[1])
+            w = graph.static_dims(node.input[1])
             if w is not None:
-                total += _numel(graph.shape(node.output[0])) * math.prod(w[1:])
+                total += _numel(graph.static_dims(node.output[0])) * math.prod(w[1:])
         elif op == "ConvTranspose":
-            w = graph.shape(node.input[1])
+            w = graph.static_dims(node.input[1])
             if w is not None:
-                total += _numel(graph.shape(node.input[0])) * math.prod(w[1:])
+                total += _numel(graph.static_dims(node.input[0])) * math.prod(w[1:])
         elif op in ("Gemm", "MatMul"):
-            a = graph.shape(node.input[0])
+            a = graph.static_dims(node.input[0])
             if a is None or not a:
                 continue
             k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
-            total += _numel(graph.shape(node.output[0])) * (k or 1)
+            total += _numel(graph.static_dims(node.output[0])) * (k or 1)
     return int(total)

@@ -21,12 +21,12 @@ class Fidelity:
     top1_agreement: float | None  # for classifier-like outputs [N, classes]
 
 
-def session(model: onnx.ModelProto | bytes, threads: int = 2) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 

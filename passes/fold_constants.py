@@ -32,8 +32,19 @@ class FoldConstants:
         self.max_elements = max_elements
 
     def run(self, graph: Graph) -> bool:
+        """Fold until nothing is left; shapes are re-inferred between sweeps because a folded
+        shape computation lets the next one's shapes (and so its Shape ops) become known."""
         if not graph.shapes:
             graph.infer_shapes()
+        changed = False
+        for _ in range(64):
+            if not self._sweep(graph):
+                break
+            changed = True
+            graph.infer_shapes(bind_dynamic=bool(graph.stand_ins))
+        return changed
+
+    def _sweep(self, graph: Graph) -> bool:
         kept, folded_inputs = [], []
         for node in graph.nodes:
             values = self._fold(graph, node)
@@ -83,7 +94,7 @@ class FoldConstants:
 
     def _fold_shape(self, graph: Graph, node: onnx.NodeProto) -> dict[str, np.ndarray] | None:
         """Shape of a fully static tensor. A None dim (dynamic batch) keeps the node."""
-        shape = graph.shape(node.input[0])
+        shape = graph.static_dims(node.input[0])
         if shape is None or any(d is None for d in shape):
             return None
         attrs = {a.name: a.i for a in node.attribute}
@@ -98,7 +109,7 @@ class FoldConstants:
         if shape_node is None or shape_node.op_type != "Shape" or \
                 any(a.name == "axis" and a.i != 0 for a in node.attribute):
             return None
-        shape = graph.shape(shape_node.input[0])
+        shape = graph.static_dims(shape_node.input[0])
         if shape is None:
             return None
         attrs = {a.name: a.i for a in shape_node.attribute}

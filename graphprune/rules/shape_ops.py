@@ -105,7 +105,8 @@ def split(node, port: Port, graph) -> Effect:
 
 @rule("Slice")
 def slice_(node, port: Port, graph) -> Effect:
-    """Slicing a non-channel axis passes channels through; cutting the channel axis freezes."""
+    """Slicing another axis passes channels through; a step-1 range of the channel axis is an
+    offset (like one Split output) and its bounds are rewritten."""
     if port.index > 0:
         return frozen(f"Slice '{node.name}' parameter input")
     rank = graph.rank(node.input[0])
@@ -118,12 +119,46 @@ def slice_(node, port: Port, graph) -> Effect:
     else:
         starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
     axes = list(range(len(starts))) if axes is None else [normalize_axis(int(a), rank) for a in axes]
-    steps = [1] * len(axes) if steps is None else list(steps)
+    steps = [1] * len(axes) if steps is None else [int(v) for v in steps]
     dim = (_dims(graph, node.input[0]) or [None] * rank)[port.axis]
-    for a, s, e, st in zip(axes, starts, ends, steps):
-        if a == port.axis and not (int(s) == 0 and st == 1 and dim is not None and int(e) >= dim):
-            return frozen(f"Slice '{node.name}' cuts the channel axis {a}")
+    for k, (a, st) in enumerate(zip(axes, steps)):
+        if a != port.axis:
+            continue
+        if dim is None or st != 1:
+            return frozen(f"Slice '{node.name}' steps through the channel axis {a}")
+        lo, hi = (_clamp(int(v), dim) for v in (starts[k], ends[k]))
+        if lo == 0 and hi == dim:
+            break
+        return _channel_range(node, port, graph, k, lo, hi)
     return identity_everywhere(node, port, graph)
+
+
+def _clamp(v: int, dim: int) -> int:
+    return min(max(v + dim if v < 0 else v, 0), dim)
+
+
+def _channel_range(node, port, graph, k, lo, hi) -> Effect:
+    src, dst = (node.input[0], port.axis), (node.output[0], port.axis)
+    idx = np.arange(lo, hi)
+    pairs = (idx, idx - lo) if port.side == "in" else (idx - lo, idx)
+    effect = Effect(links=[Link(dst if port.side == "in" else src, pairs)])
+
+    def fix(graph, keep, node=node, k=k, src=src, lo=lo, hi=hi):
+        kept = keep[src]
+        bounds = (int(np.searchsorted(kept, lo)), int(np.searchsorted(kept, hi)))
+        if graph.opset >= 10:
+            for i, value in zip((1, 2), bounds):
+                array = graph.const(node.input[i]).copy()
+                array[k] = value
+                set_constant(graph, node, i, array)
+        else:
+            for name, value in zip(("starts", "ends"), bounds):
+                values = list(attr(node, name))
+                values[k] = value
+                set_attr(node, name, values)
+
+    effect.fixups[f"slice:{node.name}"] = fix
+    return effect
 
 
 # ---------------------------------------------------------------- flatten / reshape
@@ -166,20 +201,46 @@ def _prefix_match(a: list, b: list) -> bool:
     return math.prod(a) == math.prod(b)
 
 
+def _target_entry(graph, node, position: int):
+    """Reshape target entry `position`: (value, setter) when it is a compile-time constant,
+    also inside a Concat of pieces (legacy exports build [batch, C, H, W] from Shape ops);
+    (None, None) when it is computed at run time."""
+    target = graph.const(node.input[1])
+    if target is not None:
+        return int(target[position]), _entry_setter(node, 1, position)
+    concat = graph.producer(node.input[1])
+    if concat is None or concat.op_type != "Concat":
+        return None, None
+    offset = 0
+    for i, piece in enumerate(concat.input):
+        shape = graph.shape(piece)
+        if shape is None or len(shape) != 1 or shape[0] is None:
+            return None, None
+        if offset <= position < offset + shape[0]:
+            value = graph.const(piece)
+            if value is None:
+                return None, None
+            return int(value[position - offset]), _entry_setter(concat, i, position - offset)
+        offset += shape[0]
+    return None, None
+
+
+def _entry_setter(owner, input_index: int, position: int):
+    def set_entry(graph, value: int):
+        array = graph.const(owner.input[input_index]).copy()
+        array[position] = value
+        set_constant(graph, owner, input_index, array)
+    return set_entry
+
+
 def _shape_entry_fixup(node, out_axis: int, space, graph):
     """Keep Reshape's target shape right after the channel count at `out_axis` changes."""
-    target = graph.const(node.input[1])
-    if target is None:
+    value, setter = _target_entry(graph, node, out_axis)
+    if value is None:
         return None
-    if int(target[out_axis]) <= 0:  # -1 or 0: the runtime derives it
+    if value <= 0:  # -1 or 0: the runtime derives it
         return lambda graph, keep: None
-
-    def fix(graph, keep, node=node):
-        value = graph.const(node.input[1]).copy()
-        value[out_axis] = len(keep[space])
-        set_constant(graph, node, 1, value)
-
-    return fix
+    return lambda graph, keep: setter(graph, len(keep[space]))
 
 
 @rule("Reshape")
@@ -247,15 +308,16 @@ def _channel_shuffle(node, port, graph) -> Effect | None:
     else:
         effect.links += [Link(src, (j * groups + i, c))]
 
+    inner, _ = _target_entry(graph, first, 2)
+    outer, _ = _target_entry(graph, last, 1)
+    if inner is None or outer is None:
+        return frozen(f"channel shuffle '{first.name}' has target shapes computed at run time")
+
     def fix(graph, keep, first=first, last=last, src=src):
         kept = len(keep[src])
-        target = graph.const(first.input[1]).copy()
-        target[2] = kept // groups
-        set_constant(graph, first, 1, target)
-        target = graph.const(last.input[1]).copy()
-        if int(target[1]) > 0:
-            target[1] = kept
-        set_constant(graph, last, 1, target)
+        _target_entry(graph, first, 2)[1](graph, kept // groups)
+        if outer > 0:
+            _target_entry(graph, last, 1)[1](graph, kept)
 
     effect.fixups[f"shuffle:{first.name}"] = fix
     return effect
@@ -269,7 +331,7 @@ def _find_shuffle(node, graph):
 
     if node.op_type != "Reshape":
         return None
-    if graph.const(node.input[1]) is not None and len(_dims(graph, node.output[0]) or []) == 5:
+    if len(_dims(graph, node.output[0]) or []) == 5:
         first = node
     else:
         t = graph.producer(node.input[0])
@@ -284,8 +346,7 @@ def _find_shuffle(node, graph):
     dout = _dims(graph, last.output[0])
     perm = list(attr(transpose, "perm", []))
     if (din is None or mid is None or dout is None or len(din) != 4 or len(mid) != 5 or
-            perm != [0, 2, 1, 3, 4] or din != dout or graph.const(first.input[1]) is None or
-            graph.const(last.input[1]) is None or mid[1] is None or mid[1] * mid[2] != din[1]
+            perm != [0, 2, 1, 3, 4] or din != dout or None in mid[1:3] or mid[1] * mid[2] != din[1]
             or mid[3:] != din[2:]):
         return None
     return first, transpose, last, mid[1], din[1]

@@ -354,6 +354,9 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
             elif s and s.get("failed"):
                 failures.append(f"- {name}: {label}: {s['failed']} of {s['n'] + s['failed']} "
                                 f"repeats failed")
+            if s and s.get("peak_inflated_by_parent"):
+                failures.append(f"- {name}: {label}: ru_maxrss was inflated by the parent's "
+                                f"RSS at fork; VmHWM used for the peak")
             if s and s.get("check_error"):
                 failures.append(f"- {name}: {label}: exported file check failed: "
                                 f"{s['check_error']}")

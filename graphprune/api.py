@@ -20,7 +20,7 @@ from .metrics import count_macs, count_params
 from .policy import Plan, PolicyConfig, make_plan
 from .scoring import make_criterion
 from .surgery import apply_plan
-from .verify import Fidelity, compare, random_inputs, run
+from .verify import Fidelity, compare, session, session_inputs
 
 # Kept channel counts are rounded to this multiple by default: ONNX Runtime's CPU conv and GEMM
 # kernels work in blocks of 8/16 floats, and counts off those blocks waste the work saved
@@ -100,12 +100,15 @@ class PruneResult:
 
 
 def load_graph(model: ModelLike) -> tuple[onnx.ModelProto, Graph]:
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    graph = Graph.from_model(proto)
-    source = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
+    """Load into the IR. Returns the model's interface (inputs, outputs, opsets; no weights
+    when we loaded the file ourselves, so a large model is not held twice) and the graph."""
+    owned = not isinstance(model, onnx.ModelProto)
+    proto = load_model(model) if owned else model
+    graph = Graph.from_model(proto, consume=owned)
+    source = str(model) if owned else "<model>"
     check_structure(graph.to_model(embed_limit=_CHECK_EMBED_LIMIT), source)
     graph.infer_shapes()
-    return proto, graph
+    return (graph.model if owned else proto), graph
 
 
 def canonicalize(graph: Graph) -> list[str]:
@@ -144,8 +147,13 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     report = Report(source=source)
 
+    reference = None
+    if verify:  # before loading, so its session and our IR never share the memory peak
+        say("running the input model in ONNX Runtime")
+        reference = _run_reference(model, source, seed)
     say(f"loading {source}")
-    original, graph = load_graph(model)
+    interface, graph = load_graph(model)
+    loaded_weights = set(graph.weights)
     report.params_before = count_params(graph)
     clock.lap(report, "load")
 
@@ -187,12 +195,12 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     report.params_after, report.macs_after = count_params(graph), count_macs(graph)
     clock.lap(report, "apply")
 
-    _check_interface(original, result, source)
+    _check_interface(interface, result, loaded_weights, source)
     outcome = PruneResult(result, plan, report)
-    if verify:
-        say("verifying in ONNX Runtime")
-        reference = model if not isinstance(model, onnx.ModelProto) else original
-        report.fidelity = _verify(reference, original, outcome.serialized(), source, seed)
+    if reference is not None:
+        say("running the pruned model in ONNX Runtime")
+        graph.weights.clear()  # the result proto holds its own copy from here on
+        report.fidelity = _check_candidate(outcome.serialized(), *reference, source)
         clock.lap(report, "verify")
     return outcome
 
@@ -203,28 +211,26 @@ def write(result: PruneResult, path: str | os.PathLike, source: str | None = Non
     return save_model(data, path, protect=source)
 
 
-def _verify(reference, original: onnx.ModelProto, candidate: bytes, source: str,
-            seed: int) -> Fidelity:
-    """Run the input model and the result side by side (two threads: session creation
-    dominates and ONNX Runtime releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _run_reference(model: ModelLike, source: str, seed: int):
+    """Outputs of the input model on seeded random inputs."""
+    try:
+        sess = session(str(model) if not isinstance(model, onnx.ModelProto) else model)
+        feeds = session_inputs(sess, seed)
+        return feeds, sess.run(None, feeds)
+    except Exception as err:
+        if not isinstance(model, onnx.ModelProto):
+            load_model(model)  # a load problem gets its own, clearer message
+        raise UsageError(f"{source}: ONNX Runtime cannot run the input model "
+                         f"({_first_line(err)}); use --no-verify to prune without the "
+                         f"check") from None
 
-    feeds = random_inputs(original, seed)
-    with ThreadPoolExecutor(2) as pool:
-        before = pool.submit(run, reference if isinstance(reference, onnx.ModelProto)
-                             else str(reference), feeds)
-        after = pool.submit(run, candidate, feeds)
-        try:
-            expected = before.result()
-        except Exception as err:
-            raise UsageError(f"{source}: ONNX Runtime cannot run the input model "
-                             f"({_first_line(err)}); use --no-verify to prune without the "
-                             f"check") from None
-        try:
-            got = after.result()
-        except Exception as err:
-            raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
-                                    f"({_first_line(err)}); nothing was written") from None
+
+def _check_candidate(candidate: bytes, feeds, expected, source: str) -> Fidelity:
+    try:
+        got = session(candidate).run(None, feeds)
+    except Exception as err:
+        raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
+                                f"({_first_line(err)}); nothing was written") from None
     for a, b in zip(expected, got):
         if a.shape != b.shape:
             raise UnsafeResultError(f"{source}: pruned output shape {b.shape} differs from "
@@ -237,14 +243,13 @@ def _first_line(err: BaseException) -> str:
     return lines[0][:300] if lines else type(err).__name__
 
 
-def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, source: str) -> None:
+def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, weights: set[str],
+                     source: str) -> None:
     """Graph inputs and outputs keep their names, types and shapes (invariant 3)."""
-    weights = {t.name for t in original.graph.initializer}
-
     def interface(m):
+        own = {t.name for t in m.graph.initializer}
         return [(v.name, v.type.SerializeToString()) for v in list(m.graph.input) +
-                list(m.graph.output) if v.name not in weights and
-                v.name not in {t.name for t in m.graph.initializer}]
+                list(m.graph.output) if v.name not in weights and v.name not in own]
 
     if interface(original) != interface(result):
         raise UnsafeResultError(f"{source}: pruning would change the model's inputs or outputs; "

@@ -41,9 +41,21 @@ class Graph:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_model(cls, model: onnx.ModelProto) -> "Graph":
-        """Build the IR; Constant nodes become weights (Paddle/TF exports keep weights there)."""
-        weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    def from_model(cls, model: onnx.ModelProto, consume: bool = False) -> "Graph":
+        """Build the IR; Constant nodes become weights (Paddle/TF exports keep weights there).
+
+        With `consume`, initializers are removed from `model` one by one as they are converted,
+        so a large model is never held twice (the caller owns `model` and keeps its graph
+        inputs and outputs only)."""
+        weights = {}
+        if consume:
+            inits = model.graph.initializer
+            while len(inits):
+                t = inits.pop()
+                weights[t.name] = numpy_helper.to_array(t)
+            weights = dict(reversed(list(weights.items())))  # keep the file's order
+        else:
+            weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         nodes = []
         for node in model.graph.node:
             value = _constant_value(node)

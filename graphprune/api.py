@@ -14,7 +14,7 @@ import onnx
 
 from .analysis import Analysis, analyze
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
-from .io import check_structure, load_model, save_model
+from .io import check_structure, load_model, load_split, save_graph
 from .ir import Graph
 from .metrics import count_macs, count_params
 from .policy import Plan, PolicyConfig, make_plan
@@ -85,26 +85,33 @@ class Report:
         return "\n".join(lines)
 
 
-@dataclass
 class PruneResult:
-    model: onnx.ModelProto
-    plan: Plan
-    report: Report
-    _serialized: bytes | None = field(default=None, repr=False)
+    """The pruned model, the plan that made it and the report.
 
-    def serialized(self) -> bytes:
-        """The model's bytes, computed once (verification and writing both need them)."""
-        if self._serialized is None:
-            self._serialized = self.model.SerializeToString()
-        return self._serialized
+    The model is kept in graphprune's IR; `model` builds the ModelProto on first use, while
+    `write` streams the weights to disk without that copy."""
+
+    def __init__(self, graph: Graph, plan: Plan, report: Report):
+        self.graph, self.plan, self.report = graph, plan, report
+        self._model: onnx.ModelProto | None = None
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self._model is None:
+            self._model = self.graph.to_model()
+        return self._model
 
 
 def load_graph(model: ModelLike) -> tuple[onnx.ModelProto, Graph]:
     """Load into the IR. Returns the model's interface (inputs, outputs, opsets; no weights
     when we loaded the file ourselves, so a large model is not held twice) and the graph."""
     owned = not isinstance(model, onnx.ModelProto)
-    proto = load_model(model) if owned else model
-    graph = Graph.from_model(proto, consume=owned)
+    if owned:
+        proto, weights = load_split(model)
+        graph = Graph.from_model(proto, weights)
+        del weights
+    else:
+        proto, graph = model, Graph.from_model(model)
     source = str(model) if owned else "<model>"
     check_structure(graph.to_model(embed_limit=_CHECK_EMBED_LIMIT), source)
     graph.infer_shapes()
@@ -190,25 +197,25 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     except GraphpruneError as err:
         raise UnsafeResultError(f"the pruned graph fails onnx.checker ({err}); nothing was "
                                 f"written") from None
-    result = graph.to_model()
+    shell = graph.to_model(embed_limit=-1)
     graph.infer_shapes(bind_dynamic=True)
     report.params_after, report.macs_after = count_params(graph), count_macs(graph)
     clock.lap(report, "apply")
 
-    _check_interface(interface, result, loaded_weights, source)
-    outcome = PruneResult(result, plan, report)
+    _check_interface(interface, shell, loaded_weights, source)
+    outcome = PruneResult(graph, plan, report)
     if reference is not None:
         say("running the pruned model in ONNX Runtime")
-        graph.weights.clear()  # the result proto holds its own copy from here on
-        report.fidelity = _check_candidate(outcome.serialized(), *reference, source)
+        report.fidelity = _check_candidate(graph, *reference, source)
         clock.lap(report, "verify")
     return outcome
 
 
 def write(result: PruneResult, path: str | os.PathLike, source: str | None = None) -> Path:
-    """Write a pruned model atomically (never over the input file)."""
-    data = result.serialized() if result.model.ByteSize() < 2**31 - 2**20 else result.model
-    return save_model(data, path, protect=source)
+    """Write a pruned model atomically (never over the input file); weights over 2 GB go to
+    `<path>.data` beside it."""
+    shell, weights = result.graph.split()
+    return save_graph(shell, weights, path, protect=source)
 
 
 def _run_reference(model: ModelLike, source: str, seed: int):
@@ -225,9 +232,15 @@ def _run_reference(model: ModelLike, source: str, seed: int):
                          f"check") from None
 
 
-def _check_candidate(candidate: bytes, feeds, expected, source: str) -> Fidelity:
+def _check_candidate(graph: Graph, feeds, expected, source: str) -> Fidelity:
+    """Run the pruned model from a temporary file (ONNX Runtime reads it; no protobuf copy)."""
+    import tempfile
+
     try:
-        got = session(candidate).run(None, feeds)
+        with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+            shell, weights = graph.split()
+            path = save_graph(shell, weights, Path(tmp) / "candidate.onnx")
+            got = session(str(path)).run(None, feeds)
     except Exception as err:
         raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
                                 f"({_first_line(err)}); nothing was written") from None

@@ -9,35 +9,72 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from .errors import ModelLoadError, UsageError
+from .protoscan import ScanError, read_model
+from .protowrite import needs_external_data, write_model
 
-_PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # stay clear of protobuf's 2 GiB message limit
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX file with its external data, with an actionable error for bad files."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    path = _existing_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path}: not an ONNX model ({_short(err)})") from None
     except OSError as err:
         raise ModelLoadError(f"{path}: cannot read ({err.strerror or err})") from None
-    if not model.HasField("graph") or len(model.graph.node) == 0:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph or no nodes)")
+    _require_graph(model, path)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
-        raise ModelLoadError(f"{path}: its external weight data cannot be read ({_short(err)}); "
-                             f"keep the data file(s) beside the model") from None
+        raise _external_data_error(path, err) from None
     return model
+
+
+def load_split(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model without its initializers, and the initializers as numpy arrays, holding one
+    copy of the weights at most (see protoscan). Falls back to onnx.load for unusual files."""
+    path = _existing_file(path)
+    try:
+        model, weights = read_model(path)
+    except ScanError:
+        model = load_model(path)  # gives the precise error, or loads what the scan refused
+        weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        del model.graph.initializer[:]
+        return model, weights
+    except (DecodeError, RuntimeWarning, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path}: not an ONNX model ({_short(err)})") from None
+    except (OSError, onnx.checker.ValidationError) as err:
+        raise _external_data_error(path, err) from None
+    except ValueError as err:
+        raise ModelLoadError(f"{path}: not an ONNX model ({_short(err)})") from None
+    _require_graph(model, path)
+    return model, weights
+
+
+def _existing_file(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    return path
+
+
+def _require_graph(model: onnx.ModelProto, path: Path) -> None:
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph or no nodes)")
+
+
+def _external_data_error(path: Path, err: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"{path}: its external weight data cannot be read ({_short(err)}); "
+                          f"keep the data file(s) beside the model")
 
 
 def check_structure(model: onnx.ModelProto, source: str) -> None:
@@ -49,45 +86,40 @@ def check_structure(model: onnx.ModelProto, source: str) -> None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {_short(err)}") from None
 
 
-def save_model(model: onnx.ModelProto | bytes, path: str | os.PathLike,
-               protect: str | os.PathLike | None = None) -> Path:
-    """Write atomically; weights go to `<name>.data` beside it when the model exceeds 2 GB."""
+def save_graph(shell: onnx.ModelProto, weights: dict[str, np.ndarray],
+               path: str | os.PathLike, protect: str | os.PathLike | None = None,
+               external: bool | None = None) -> Path:
+    """Write atomically (temporary files renamed into place), streaming the weights; they go
+    to `<name>.data` beside the model when it exceeds protobuf's 2 GB limit (or `external`)."""
     path = Path(path)
     if protect is not None and path.exists() and path.resolve() == Path(protect).resolve():
         raise UsageError(f"{path}: refusing to overwrite the input model; choose another -o")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: output directory does not exist")
-    data = model if isinstance(model, bytes) else None
-    external = data is None and model.ByteSize() > _PROTOBUF_LIMIT
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if external is None:
+        external = needs_external_data(weights)
+    data_name = f"{path.name}.data"
+    temps = []
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        temps.append(tmp)
+        with os.fdopen(fd, "wb") as out:
+            if external:
+                dfd, dtmp = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp",
+                                             dir=path.parent)
+                temps.append(dtmp)
+                with os.fdopen(dfd, "wb") as data:
+                    write_model(shell, weights, out, (data, data_name))
+            else:
+                write_model(shell, weights, out)
         if external:
-            data_name = f"{path.name}.data"
-            data_tmp = path.parent / f".{data_name}.tmp"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_tmp.name, size_threshold=1024)
-            _relocate_external(tmp, data_tmp.name, data_name)
-            os.replace(data_tmp, path.parent / data_name)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(data if data is not None else model.SerializeToString())
+            os.replace(temps[1], path.parent / data_name)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for t in temps:
+            Path(t).unlink(missing_ok=True)
         raise
     return path
-
-
-def _relocate_external(model_path: str, old: str, new: str) -> None:
-    """Point the external-data references of a saved model at the final data file name."""
-    model = onnx.load(model_path, load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    with open(model_path, "wb") as f:
-        f.write(model.SerializeToString())
 
 
 def _short(err: BaseException) -> str:

@@ -41,21 +41,17 @@ class Graph:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_model(cls, model: onnx.ModelProto, consume: bool = False) -> "Graph":
+    def from_model(cls, model: onnx.ModelProto,
+                   weights: dict[str, np.ndarray] | None = None) -> "Graph":
         """Build the IR; Constant nodes become weights (Paddle/TF exports keep weights there).
 
-        With `consume`, initializers are removed from `model` one by one as they are converted,
-        so a large model is never held twice (the caller owns `model` and keeps its graph
-        inputs and outputs only)."""
-        weights = {}
-        if consume:
-            inits = model.graph.initializer
-            while len(inits):
-                t = inits.pop()
-                weights[t.name] = numpy_helper.to_array(t)
-            weights = dict(reversed(list(weights.items())))  # keep the file's order
-        else:
+        `weights` are the initializers already read as arrays (graphprune.protoscan reads a
+        file that way, so a large model is never held twice); otherwise they are converted
+        from `model`, which is left untouched."""
+        if weights is None:
             weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        else:
+            weights = dict(weights)
         nodes = []
         for node in model.graph.node:
             value = _constant_value(node)
@@ -192,9 +188,16 @@ class Graph:
         return hints
 
     # ---------------------------------------------------------------- export
+    def split(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The model without initializers and the weights it uses: what a streaming writer
+        needs, without copying weights into protobuf."""
+        return self.to_model(embed_limit=-1), {n: a for n, a in self.weights.items()
+                                               if self._used(n)}
+
     def to_model(self, embed_limit: int | None = None) -> onnx.ModelProto:
         """Assemble a ModelProto. With `embed_limit`, larger weights are declared as graph
-        inputs instead of embedded (used for fast shape inference only)."""
+        inputs instead of embedded (used for fast shape inference only); -1 leaves every
+        weight out (see split)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         g = model.graph
@@ -204,6 +207,8 @@ class Graph:
         declared = []
         for name, array in self.weights.items():
             if not self._used(name):
+                continue
+            if embed_limit == -1:
                 continue
             if embed_limit is not None and array.size > embed_limit:
                 declared.append(helper.make_tensor_value_info(

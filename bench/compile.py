@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import RESULTS_DIR, run_child, write_results  # noqa: E402
+from bench._common import RESULTS_DIR, machine_info, run_child, write_results  # noqa: E402
 from models.zoo import LIGHT_MODELS, TORCHVISION_MODELS  # noqa: E402  (imports no torch: the parent stays small)
 
 RATIO = 0.4
@@ -67,13 +67,14 @@ except Exception as err:
           "import_s": import_s, "baseline_rss_mb": base_rss, "peak_mb": peak_mb(),
           "hwm_mb": hwm_mb()})
     raise SystemExit(0)
-import os
+import os, re
 rep = result.report
-stages = list(rep.seconds) + ["write"]
-trace = None
-if len(marks) == len(stages) + 1:  # one mark at the start of each stage, plus <end>
-    trace = [{"stage": s, "rss_end_mb": marks[i + 1][2], "peak_end_mb": marks[i + 1][3],
-              "peak_growth_mb": marks[i + 1][3] - marks[i][3]} for i, s in enumerate(stages)]
+# One segment per progress message (each fires as its step starts), labelled by the message
+# without paths and counts, so the trace survives stages being added or renamed.
+trace = [{"step": re.sub(r"\d+", "N", re.sub(r"\S*/\S*", "", m[0])).strip(),
+          "s": marks[i + 1][1] - m[1], "rss_end_mb": marks[i + 1][2],
+          "peak_end_mb": marks[i + 1][3], "peak_growth_mb": marks[i + 1][3] - m[3]}
+         for i, m in enumerate(marks[:-1])]
 emit({"ok": True, "total_s": t_end - t, "prune_s": t_prune - t, "write_s": t_end - t_prune,
       "seconds": dict(rep.seconds, write=t_end - t_prune), "import_s": import_s,
       "baseline_rss_mb": base_rss, "baseline_peak_mb": base_peak, "peak_mb": peak_mb(),
@@ -230,15 +231,15 @@ def gp_summary(runs: list[dict], file_bytes: int) -> dict:
     top = median([peak(r) for r in good])
     delta = median([peak(r) - r["baseline_rss_mb"] for r in good])
     stages = {k: median([r["seconds"].get(k) for r in good]) for k in good[0]["seconds"]}
-    growth = None
-    if all(r["stage_trace"] for r in good):
-        growth = {t["stage"]: median([next(x["peak_growth_mb"] for x in r["stage_trace"]
-                                           if x["stage"] == t["stage"]) for r in good])
-                  for t in good[0]["stage_trace"]}
+    steps = [t["step"] for t in good[0]["stage_trace"]]
+    growth = {k: median([t["peak_growth_mb"] for r in good for t in r["stage_trace"]
+                         if t["step"] == k]) for k in steps}
+    step_s = {k: median([t["s"] for r in good for t in r["stage_trace"] if t["step"] == k])
+              for k in steps}
     return {"ok": True, "n": len(good), "failed": len(runs) - len(good),
             "total_s": median([r["total_s"] for r in good]),
             "total_s_all": [r["total_s"] for r in good],
-            "seconds": stages, "stage_peak_growth_mb": growth,
+            "seconds": stages, "step_seconds": step_s, "step_peak_growth_mb": growth,
             "import_s": median([r["import_s"] for r in good]),
             "baseline_rss_mb": median([r["baseline_rss_mb"] for r in good]),
             "peak_mb": top, "peak_minus_baseline_mb": delta,
@@ -378,7 +379,7 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
             f"{_f(tpl.get('param_ratio') or tpd.get('param_ratio'))}",
         ]) + " |")
         if ok:
-            growth = gp.get("stage_peak_growth_mb") or {}
+            growth = gp.get("step_peak_growth_mb") or {}
             big = max(growth, key=growth.get) if growth else None
             stages.append("| " + " | ".join(
                 [name] + [_f(gp["seconds"].get(k), "{:.3f}") for k in stage_names]
@@ -392,8 +393,8 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
              + (" (once: each run takes long)" if tp_repeats == 1 else "")
              + ". Imports excluded. peak−base = ru_maxrss − RSS after imports. "
              "gp ÷ TP = graphprune total / (TP prune + export), same run.", ""]
-    lines += main + ["", "graphprune stage seconds (median, verify run) and the stage that "
-                     "raised peak RSS most:", ""] + stages
+    lines += main + ["", "graphprune `report.seconds` (median, verify run) and the step (as "
+                     "named by its progress message) that raised peak RSS most:", ""] + stages
     target = next((r for r in rows if r["model"] == "resnet50" and r.get("graphprune", {})
                    .get("ok")), None)
     if target:
@@ -433,6 +434,7 @@ def main(argv=None) -> int:
     if set(models) - known:
         parser.error(f"unknown model(s) {sorted(set(models) - known)}; choose from "
                      f"{sorted(known)}")
+    git_at_start = machine_info()["git"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_compile_") as tmp:
         for model in models:
@@ -442,9 +444,12 @@ def main(argv=None) -> int:
             (Path(args.out) / "compile.partial.json").write_text(
                 json.dumps(rows, indent=1, default=str))
     table = tables(rows, args.repeats, args.tp_repeats)
+    if machine_info()["git"] != git_at_start:
+        table += ("\n\nNote: the repository's commit or working tree changed during this run "
+                  f"(start: {git_at_start}); rows may measure different graphprune code.")
     write_results("compile", rows, table, args.out,
                   extra={"ratio": RATIO, "repeats": args.repeats, "tp_repeats": args.tp_repeats,
-                         "parent_peak_mb": _parent_peak_mb()})
+                         "parent_peak_mb": _parent_peak_mb(), "git_at_start": git_at_start})
     (Path(args.out) / "compile.partial.json").unlink(missing_ok=True)
     return 0
 

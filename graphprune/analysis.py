@@ -35,6 +35,7 @@ class Group:
     frozen: str | None = None
     blocks: np.ndarray | None = None  # [n_blocks, per_block] unit ids, from a constraint
     block_mode: str | None = None  # "uniform" or "whole"
+    tags: set[str] = field(default_factory=set)  # "heads": units are attention heads
 
     @property
     def key(self) -> str:
@@ -68,6 +69,7 @@ class _SpaceInfo:
     fixups: dict[str, Fixup] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
     frozen: list[str] = field(default_factory=list)
+    tags: set[str] = field(default_factory=set)
 
 
 def analyze(graph: Graph) -> Analysis:
@@ -102,6 +104,7 @@ def analyze(graph: Graph) -> Analysis:
             entry.params += effect.params
             entry.constraints += effect.constraints
             entry.fixups.update(effect.fixups)
+            entry.tags |= effect.tags
             for link in effect.links:
                 _follow(graph, space, link, entry, links, queue)
     return Analysis(_build_groups(info, links))
@@ -192,7 +195,8 @@ def _make_group(gid, members, info, edge_pairs) -> Group:
         fixups.update(entry.fixups)
         nodes |= entry.nodes
         constraints += entry.constraints
-    group = Group(gid, members, sizes, 0, {}, params, fixups, sorted(nodes))
+    group = Group(gid, members, sizes, 0, {}, params, fixups, sorted(nodes),
+                  tags=set().union(*(info[s].tags for s in members)))
     if reasons:
         group.frozen = reasons[0]
         return group

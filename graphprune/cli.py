@@ -56,6 +56,8 @@ def _run(fn):
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.4,
               show_default=True, help="Fraction of channels removed from every prunable group.")
+@click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Fraction of attention heads removed [default: --ratio].")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the pruned model [default: MODEL.pruned.onnx].")
 @click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="l2",
@@ -77,7 +79,7 @@ def _run(fn):
               help="Seed for the random criterion and the verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
-def prune_command(model, ratio, output, criterion, round_to, exclude, save_plan, plan_path,
+def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude, save_plan, plan_path,
                   report_path, no_verify, seed, quiet, verbose):
     """Prune MODEL and write the slimmed model."""
     def go():
@@ -92,6 +94,7 @@ def prune_command(model, ratio, output, criterion, round_to, exclude, save_plan,
             raise UsageError(f"-o {out}: refusing to overwrite the input model")
         result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to,
                        exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
+                       head_ratio=head_ratio,
                        progress=_progress(quiet, verbose))
         write(result, out, source=model)
         if save_plan is not None:

@@ -85,6 +85,7 @@ class Effect:
     constraints: list[Constraint] = field(default_factory=list)
     fixups: dict[str, Fixup] = field(default_factory=dict)  # keyed so repeats collapse
     frozen: str | None = None
+    tags: set[str] = field(default_factory=set)  # e.g. "heads": the group prunes whole heads
 
 
 def frozen(reason: str) -> Effect:

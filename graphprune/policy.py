@@ -25,10 +25,12 @@ class PolicyConfig:
     ratio: float = 0.4
     round_to: int = 8
     exclude: tuple[str, ...] = ()
+    head_ratio: float | None = None  # fraction of attention heads removed; None: `ratio`
 
     def __post_init__(self):
-        if not (0.0 <= self.ratio < 1.0) or math.isnan(self.ratio):
-            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        for name, value in (("--ratio", self.ratio), ("--head-ratio", self.head_ratio)):
+            if value is not None and (math.isnan(value) or not 0.0 <= value < 1.0):
+                raise UsageError(f"{name} must be in [0, 1), got {value}")
         if self.round_to < 1:
             raise UsageError(f"--round-to must be a positive integer, got {self.round_to}")
 
@@ -81,7 +83,11 @@ def make_plan(analysis: Analysis, graph: Graph, criterion: Criterion,
             skipped[group.key] = f"excluded by --exclude {hit}"
             continue
         scores = criterion.score(group, graph)
-        keep = select(group, scores, config.ratio, config.round_to)
+        if "heads" in group.tags:  # units are whole heads: their channel count is already
+            ratio = config.ratio if config.head_ratio is None else config.head_ratio
+            keep = select(group, scores, ratio, 1)  # a multiple of the head size
+        else:
+            keep = select(group, scores, config.ratio, config.round_to)
         if len(keep) < group.units:
             groups.append(GroupPlan(group.key, group.units, keep.tolist(),
                                     [f"{t}:{a}" for t, a in group.spaces]))

@@ -37,11 +37,15 @@ def _matmul_seed(node, graph):
 
 @rule("MatMul", seeds=_matmul_seed)
 def matmul(node, port: Port, graph) -> Effect:
-    """Activation × constant 2-D weight: the last axis is consumed (weight rows) or produced (weight columns); other axes pass through."""
+    """Activation × constant 2-D weight: the last axis is consumed (weight rows) or produced (weight columns); other axes pass through. Activation × activation (attention): batch axes (heads) couple A, B and the output; the contracted axes of A and B couple to each other."""
     w = graph.const(node.input[1])
     rank = graph.rank(node.output[0])
-    if w is None or w.ndim != 2 or rank is None or rank < 2 or graph.const(node.input[0]) is not None:
-        return frozen(f"MatMul '{node.name}' is not activation × constant 2-D weight")
+    if rank is None or rank < 2 or graph.const(node.input[0]) is not None:
+        return frozen(f"MatMul '{node.name}' is not activation × weight or activation")
+    if w is None:
+        return _batched_matmul(node, port, graph)
+    if w.ndim != 2:
+        return frozen(f"MatMul '{node.name}' has a {w.ndim}-D constant weight")
     if port.side == "in" and port.index != 0:
         return frozen(f"MatMul '{node.name}' weight axis")
     last = rank - 1
@@ -50,3 +54,51 @@ def matmul(node, port: Port, graph) -> Effect:
         return Effect(links=[Link(other)])
     role, axis = ("consumer", 0) if port.side == "in" else ("producer", 1)
     return Effect(params=[ParamSlice(node.input[1], axis, role)])
+
+
+def _batched_matmul(node, port: Port, graph) -> Effect:
+    """A[..., M, K] @ B[..., K, N]: M follows the output's rows, N its columns, K of A is K of
+    B (removing it from both is exact), and batch axes broadcast like elementwise ops."""
+    a, b, out = node.input[0], node.input[1], node.output[0]
+    sa, sb, so = graph.shape(a), graph.shape(b), graph.shape(out)
+    if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+        return frozen(f"MatMul '{node.name}' has operands of unknown or vector shape")
+    ra, rb, ro = len(sa), len(sb), len(so)
+    links = []
+    if port.side == "in" and port.index == 0:
+        if port.axis == ra - 1:
+            links.append(Link((b, rb - 2)))
+        elif port.axis == ra - 2:
+            links.append(Link((out, ro - 2)))
+        else:
+            links += _batch_links(port.axis + ro - ra, (b, sb), (out, so), rank_out=ro)
+    elif port.side == "in":
+        if port.axis == rb - 2:
+            links.append(Link((a, ra - 1)))
+        elif port.axis == rb - 1:
+            links.append(Link((out, ro - 1)))
+        else:
+            links += _batch_links(port.axis + ro - rb, (a, sa), (out, so), rank_out=ro)
+    else:
+        if port.axis == ro - 1:
+            links.append(Link((b, rb - 1)))
+        elif port.axis == ro - 2:
+            links.append(Link((a, ra - 2)))
+        else:
+            links += _batch_links(port.axis, (a, sa), (b, sb), rank_out=ro)
+    effect = Effect(links=links)
+    batch = (port.axis < ra - 2 if port.side == "in" and port.index == 0 else
+             port.axis < rb - 2 if port.side == "in" else port.axis < ro - 2)
+    if batch:  # a batch axis of activation @ activation: the axis of attention heads
+        effect.tags.add("heads")
+    return effect
+
+
+def _batch_links(out_axis: int, *tensors, rank_out: int) -> list[Link]:
+    """Links to the same broadcast batch axis of each tensor, unless it broadcasts there."""
+    links = []
+    for name, shape in tensors:
+        axis = out_axis - (rank_out - len(shape))
+        if 0 <= axis < len(shape) - 2 and shape[axis] != 1:
+            links.append(Link((name, axis)))
+    return links

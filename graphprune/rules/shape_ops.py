@@ -451,6 +451,36 @@ def pad(node, port: Port, graph) -> Effect:
     return identity_everywhere(node, port, graph)
 
 
+@rule("Expand")
+def expand(node, port: Port, graph) -> Effect:
+    """Broadcasting to a target shape: an axis that is not expanded passes through and its
+    entry in the target shape is rewritten; expanding a size-1 axis creates no channels."""
+    if port.index > 0:
+        return frozen(f"Expand '{node.name}' shape input")
+    din, dout = _dims(graph, node.input[0]), _dims(graph, node.output[0])
+    if din is None or dout is None:
+        return frozen(f"Expand '{node.name}' has unknown shapes")
+    shift = len(dout) - len(din)
+    in_axis = port.axis if port.side == "in" else port.axis - shift
+    out_axis = in_axis + shift
+    if in_axis < 0 or din[in_axis] != dout[out_axis]:
+        return frozen(f"Expand '{node.name}' broadcasts axis {out_axis}")
+    other = (node.output[0], out_axis) if port.side == "in" else (node.input[0], in_axis)
+    effect = Effect(links=[Link(other)])
+    target = graph.shape(node.input[1])
+    if target is None or target[0] is None:
+        return frozen(f"Expand '{node.name}' target of unknown length")
+    position = out_axis - (len(dout) - target[0])
+    if position >= 0:
+        value, setter = _target_entry(graph, node, position)
+        if value is None:
+            return frozen(f"Expand '{node.name}' target shape is computed at run time")
+        if value > 1:
+            space = (node.output[0], out_axis)
+            effect.fixups[f"expand:{node.name}"] = lambda g, keep: setter(g, len(keep[space]))
+    return effect
+
+
 @rule("Shape", "Size")
 def shape_of(node, port: Port, graph) -> Effect:
     """Reads only the shape: the values it computes follow the pruned shape at run time."""

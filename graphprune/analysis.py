@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 
 from . import rules  # noqa: F401  (registers every rule)
-from .coupling import RULES, Constraint, Fixup, Link, ParamSlice, Port, Space
+from .coupling import Constraint, Fixup, Link, ParamSlice, Port, Space, rule_for
 from .ir import Graph
 
 
@@ -93,7 +93,7 @@ def analyze(graph: Graph) -> Analysis:
             entry.frozen.append(f"tensor '{tensor}' is a graph input or output")
         for node, port in _ports(graph, tensor, axis):
             entry.nodes.add(node.name or node.op_type)
-            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            rule = rule_for(node)
             if rule is None:
                 entry.frozen.append(f"no coupling rule for {node.op_type} (node '{node.name}')")
                 continue
@@ -113,7 +113,7 @@ def analyze(graph: Graph) -> Analysis:
 def _seeds(graph: Graph) -> list[Space]:
     seeds = []
     for node in graph.nodes:
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rule_for(node)
         if rule is not None and rule.seeds is not None:
             seeds += rule.seeds(node, graph)
     return seeds

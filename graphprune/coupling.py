@@ -103,20 +103,26 @@ class Rule:
     seeds: SeedFn | None = None  # channel spaces this op creates (its output channels)
 
 
-RULES: dict[str, Rule] = {}
+RULES: dict[str, Rule] = {}  # "Op" for the default domain, "domain:Op" for others
 
 
-def rule(*op_types: str, seeds: SeedFn | None = None):
-    """Register a coupling rule for one or more op types of the default ONNX domain."""
+def rule(*op_types: str, seeds: SeedFn | None = None, domain: str = ""):
+    """Register a coupling rule for op types of one domain (default: ONNX's own)."""
 
     def register(fn: RuleFn) -> RuleFn:
         for op in op_types:
-            if op in RULES:
-                raise ValueError(f"duplicate coupling rule for {op}")
-            RULES[op] = Rule(op, fn, seeds)
+            key = f"{domain}:{op}" if domain else op
+            if key in RULES:
+                raise ValueError(f"duplicate coupling rule for {key}")
+            RULES[key] = Rule(key, fn, seeds)
         return fn
 
     return register
+
+
+def rule_for(node: onnx.NodeProto) -> Rule | None:
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    return RULES.get(f"{domain}:{node.op_type}" if domain else node.op_type)
 
 
 # ---------------------------------------------------------------- helpers shared by rules

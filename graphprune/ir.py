@@ -19,7 +19,11 @@ from onnx import helper, numpy_helper
 _INFER_EMBED_LIMIT = 4096
 # Ops whose first output has the shape and type of their first input.
 _SHAPE_PRESERVING = {"GroupNormalization", "InstanceNormalization", "LayerNormalization",
-                     "BatchNormalization", "Relu", "Sigmoid", "Gelu", "HardSwish"}
+                     "BatchNormalization", "Relu", "Sigmoid", "Gelu", "HardSwish",
+                     # com.microsoft fused ops
+                     "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu",
+                     "FastGelu", "QuickGelu", "BiasAdd", "GroupQueryAttention",
+                     "SimplifiedLayerNormalization"}
 
 
 @dataclass
@@ -177,14 +181,32 @@ class Graph:
             self.dtypes[vi.name] = t.elem_type
 
     def _shape_preserving_gaps(self) -> list[onnx.ValueInfoProto]:
+        """Shapes onnx cannot infer: ops that keep their input's shape, and ONNX Runtime's
+        fused transformer ops (onnx has no schema for them)."""
         hints = []
         for node in self.nodes:
-            if node.op_type in _SHAPE_PRESERVING and node.output[0] not in self.shapes:
-                src = node.input[0]
-                if src in self.shapes and src in self.dtypes:
-                    hints.append(helper.make_tensor_value_info(
-                        node.output[0], self.dtypes[src],
-                        [d if d is not None else "?" for d in self.shapes[src]]))
+            out = node.output[0] if node.output else ""
+            src = node.input[0] if node.input else ""
+            if not out or out in self.shapes or src not in self.shapes or src not in self.dtypes:
+                continue
+            dims = list(self.shapes[src])
+            if node.op_type in _SHAPE_PRESERVING:
+                pass
+            elif node.op_type == "Attention" and node.domain == "com.microsoft":
+                w = self.weights.get(node.input[1])
+                sizes = [a.ints for a in node.attribute if a.name == "qkv_hidden_sizes"]
+                if w is None and not sizes:
+                    continue
+                dims = dims[:2] + [int(sizes[0][2]) if sizes and sizes[0] else w.shape[1] // 3]
+            elif node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
+                value = self.shapes.get(node.input[2]) if len(node.input) > 2 else None
+                if value is None or len(value) != 3:
+                    continue
+                dims = dims[:2] + [value[2]]
+            else:
+                continue
+            hints.append(helper.make_tensor_value_info(
+                out, self.dtypes[src], [d if d is not None else "?" for d in dims]))
         return hints
 
     # ---------------------------------------------------------------- export

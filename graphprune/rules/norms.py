@@ -57,7 +57,7 @@ def group_norm(node, port: Port, graph) -> Effect:
     return effect
 
 
-@rule("LayerNormalization", "RMSNormalization")
+@rule("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 def layer_norm(node, port: Port, graph) -> Effect:
     """Normalises over the trailing axes: those freeze, leading axes pass through."""
     rank = graph.rank(node.input[0])

@@ -1,0 +1,100 @@
+// graphprune sparse kernels: weight packing and compute (no ONNX Runtime types in here).
+//
+// Y[M, N] = X[M, K] @ W[K, N] (+ bias[N]) (+ activation), W sparse.
+//
+// ONNX-level formats of W (what graphprune.kernels.pack writes; see docs in pack.py):
+//   bsr : scipy's BSR of W [K, N] with blocks of block_rows (along K) x block_cols (along N):
+//         values [nnzb, br, bc], indices [nnzb] = block column, row_ptr [ceil(K/br) + 1].
+//         Blocks overhanging K or N hold zeros there.
+//   csr : scipy's CSR of W (bsr with 1x1 blocks): values [nnz], indices [nnz] = column n,
+//         row_ptr [K + 1].
+//   nm  : N:M along K for every output column: W^T [N, K] split in groups of m consecutive k
+//         (the last group padded with zeros); values [N, G, n_keep], indices [N, G, n_keep] the
+//         absolute k of each kept weight (k >= K only in the padded last group, value 0).
+//         No row_ptr.
+// Internally every format becomes one layout: for each output block column j (bc columns), the
+// non-zero K-blocks (first row k0, values [bc][br], k fastest).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace graphprune {
+
+enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2 };
+
+struct FormatSpec {
+  std::string format;  // "bsr" | "csr" | "nm"
+  int64_t k = 0, n = 0;
+  int br = 1, bc = 1;        // block rows (along K) x block cols (along N)
+  int nm_n = 2, nm_m = 4;    // N:M
+};
+
+struct PackedWeight {
+  int64_t K = 0, N = 0;
+  int br = 1, bc = 1;
+  int64_t Kp = 0;                 // K rounded up to a multiple of br
+  int64_t nbc = 0;                // output block columns: ceil(N / bc)
+  std::vector<int64_t> col_ptr;   // nbc + 1 offsets into k0 (in blocks)
+  std::vector<int32_t> k0;        // first k of each block
+  std::vector<float> vals;        // [nnzb][bc][br]
+  int64_t nnzb() const { return static_cast<int64_t>(k0.size()); }
+};
+
+// A view of an integer tensor that is int32 or int64.
+struct IndexView {
+  const void* data = nullptr;
+  bool is64 = false;
+  size_t size = 0;
+  int64_t operator[](size_t i) const {
+    return is64 ? static_cast<const int64_t*>(data)[i] : static_cast<const int32_t*>(data)[i];
+  }
+};
+
+// Validates the ONNX-level format and builds the internal layout. Returns "" or an error.
+std::string validate_spec(const FormatSpec& spec);
+std::string pack_weight(const FormatSpec& spec, const float* values, size_t n_values,
+                        IndexView indices, IndexView row_ptr, PackedWeight* out);
+
+// Runs fn(data, i) for i in [0, n), possibly in parallel.
+class Parallel {
+ public:
+  virtual ~Parallel() = default;
+  virtual void run(size_t n, void (*fn)(void*, size_t), void* data) = 0;
+};
+
+class SerialParallel : public Parallel {
+ public:
+  void run(size_t n, void (*fn)(void*, size_t), void* data) override {
+    for (size_t i = 0; i < n; ++i) fn(data, i);
+  }
+};
+
+// Layout of the activation operand and result.
+//   kRows: X [M, K] row-major, Y [M, N] row-major (MatMul).
+//   kChannels: X [B, K, P], Y [B, N, P] (1x1 Conv on NCHW, P = H*W): M = B*P.
+enum class Layout : int { kRows = 0, kChannels = 1 };
+
+struct Problem {
+  Layout layout = Layout::kRows;
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t M = 0;        // rows (kRows)
+  int64_t batch = 1;    // B (kChannels)
+  int64_t P = 0;        // spatial size (kChannels)
+  const float* bias = nullptr;  // [N] or null
+  Activation act = Activation::kNone;
+};
+
+// scratch: grown as needed, reused between calls by the caller.
+void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
+                   std::vector<float>* scratch);
+
+// "avx512", "avx2" or "generic": the code path picked at load time.
+const char* isa_name();
+// Forces a code path ("generic", "avx2", "avx512"); returns false if not available here.
+bool force_isa(const char* name);
+
+}  // namespace graphprune

@@ -181,8 +181,10 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     clock.lap(report, "analyze")
 
     say("planning")
+    # --- calibration hook (begin): data-aware criteria and compensation plug in here ---
     if plan is None:
         plan = make_plan(analysis, graph, chooser, config)
+    # --- calibration hook (end) ---
     report.skipped = dict(plan.skipped)
     clock.lap(report, "plan")
 

@@ -13,6 +13,7 @@ from typing import Callable
 import onnx
 
 from .analysis import Analysis, analyze
+from .budget import Budget
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
 from .io import check_structure, load_model, load_split, save_graph
 from .ir import Graph
@@ -140,18 +141,19 @@ def analyze_model(model: ModelLike) -> tuple[Graph, Analysis]:
 def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
           round_to: int = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
           plan: Plan | None = None, verify: bool = True, seed: int = 0,
-          head_ratio: float | None = None, progress: Progress | None = None) -> PruneResult:
+          head_ratio: float | None = None, budget: Budget | None = None,
+          progress: Progress | None = None) -> PruneResult:
     """Prune coupled channels of an ONNX model.
 
     `ratio` is the fraction of channels removed from every prunable group, `head_ratio` the
-    fraction of attention heads (default: `ratio`); `plan` replays a saved plan instead of
-    scoring. Raises NothingToPruneError when no group can be pruned
+    fraction of attention heads (default: `ratio`); `budget` replaces the per-group ratio by a
+    model-wide target (see budget.Budget); `plan` replays a saved plan instead of scoring. Raises NothingToPruneError when no group can be pruned
     safely and UnsafeResultError when the result fails verification.
     """
     say = progress or (lambda _msg: None)
     clock = _Clock()
     config = PolicyConfig(ratio=ratio, round_to=round_to, exclude=tuple(exclude),
-                          head_ratio=head_ratio)
+                          head_ratio=head_ratio, budget=budget)
     chooser = make_criterion(criterion, seed)
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     report = Report(source=source)

@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .api import DEFAULT_ROUND_TO, analyze_model, prune, write
+from .budget import Budget
 from .errors import GraphpruneError, UsageError
 from .policy import Plan
 from .scoring import CRITERIA
@@ -69,6 +70,15 @@ def _run(fn):
 @click.option("--exclude", multiple=True, metavar="NAME",
               help="Node, tensor or weight name whose channels must not be pruned; "
               "repeat or separate with commas.")
+@click.option("--global", "global_rank", is_flag=True,
+              help="Rank channels of all groups together: --ratio is then the fraction of "
+              "all prunable channels, taken where they matter least.")
+@click.option("--target-flops", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Prune (globally) until MACs are at most this fraction of the original.")
+@click.option("--target-params", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Prune (globally) until parameters are at most this fraction.")
+@click.option("--max-group-ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.8,
+              show_default=True, help="With a global budget: most any one group may lose.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan as JSON.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="Replay a plan saved with --save-plan instead of scoring.")
@@ -79,7 +89,8 @@ def _run(fn):
               help="Seed for the random criterion and the verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
-def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude, save_plan, plan_path,
+def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude, global_rank,
+                  target_flops, target_params, max_group_ratio, save_plan, plan_path,
                   report_path, no_verify, seed, quiet, verbose):
     """Prune MODEL and write the slimmed model."""
     def go():
@@ -89,12 +100,13 @@ def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude
             if not plan_path.is_file():
                 raise UsageError(f"--plan {plan_path}: no such file")
             plan = Plan.from_json(plan_path.read_text(), str(plan_path))
+        budget = _budget(ratio, global_rank, target_flops, target_params, max_group_ratio)
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve():
             raise UsageError(f"-o {out}: refusing to overwrite the input model")
         result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to,
                        exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
-                       head_ratio=head_ratio,
+                       head_ratio=head_ratio, budget=budget,
                        progress=_progress(quiet, verbose))
         write(result, out, source=model)
         if save_plan is not None:
@@ -129,6 +141,18 @@ def inspect_command(model, as_json):
         click.echo(f"{len(rows)} groups, {n} prunable, {len(rows) - n} frozen")
 
     _run(go)
+
+
+def _budget(ratio, global_rank, target_flops, target_params, max_group_ratio):
+    if target_flops is not None and target_params is not None:
+        raise UsageError("--target-flops and --target-params exclude each other; choose one")
+    if target_flops is not None:
+        return Budget("macs", target_flops, max_group_ratio)
+    if target_params is not None:
+        return Budget("params", target_params, max_group_ratio)
+    if global_rank:
+        return Budget("channels", 1.0 - ratio, max_group_ratio)
+    return None
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -23,23 +23,24 @@ def _numel(shape) -> int:
     return math.prod(1 if d is None else d for d in shape) if shape is not None else 0
 
 
+def node_macs(graph: Graph, node) -> int:
+    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul (0 for other ops)."""
+    op = node.op_type
+    if op == "Conv":
+        w = graph.static_dims(node.input[1])
+        return _numel(graph.static_dims(node.output[0])) * math.prod(w[1:]) if w else 0
+    if op == "ConvTranspose":
+        w = graph.static_dims(node.input[1])
+        return _numel(graph.static_dims(node.input[0])) * math.prod(w[1:]) if w else 0
+    if op in ("Gemm", "MatMul"):
+        a = graph.static_dims(node.input[0])
+        if not a:
+            return 0
+        k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
+        return _numel(graph.static_dims(node.output[0])) * (k or 1)
+    return 0
+
+
 def count_macs(graph: Graph) -> int:
     """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul: the work pruning removes."""
-    total = 0
-    for node in graph.nodes:
-        op = node.op_type
-        if op == "Conv":
-            w = graph.static_dims(node.input[1])
-            if w is not None:
-                total += _numel(graph.static_dims(node.output[0])) * math.prod(w[1:])
-        elif op == "ConvTranspose":
-            w = graph.static_dims(node.input[1])
-            if w is not None:
-                total += _numel(graph.static_dims(node.input[0])) * math.prod(w[1:])
-        elif op in ("Gemm", "MatMul"):
-            a = graph.static_dims(node.input[0])
-            if a is None or not a:
-                continue
-            k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
-            total += _numel(graph.static_dims(node.output[0])) * (k or 1)
-    return int(total)
+    return int(sum(node_macs(graph, node) for node in graph.nodes))

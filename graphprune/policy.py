@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .analysis import Analysis, Group
+from .budget import Budget, allocate
 from .errors import UsageError
 from .ir import Graph
 from .scoring import Criterion
@@ -26,6 +27,7 @@ class PolicyConfig:
     round_to: int = 8
     exclude: tuple[str, ...] = ()
     head_ratio: float | None = None  # fraction of attention heads removed; None: `ratio`
+    budget: Budget | None = None  # a model-wide target instead of one ratio per group
 
     def __post_init__(self):
         for name, value in (("--ratio", self.ratio), ("--head-ratio", self.head_ratio)):
@@ -76,18 +78,25 @@ class Plan:
 
 def make_plan(analysis: Analysis, graph: Graph, criterion: Criterion,
               config: PolicyConfig) -> Plan:
-    groups, skipped = [], {}
+    skipped, candidates, scores = {}, [], {}
     for group in analysis.prunable:
         hit = _excluded(group, config.exclude)
         if hit:
             skipped[group.key] = f"excluded by --exclude {hit}"
             continue
-        scores = criterion.score(group, graph)
+        candidates.append(group)
+        scores[group.key] = criterion.score(group, graph)
+    channel_groups = [g for g in candidates if "heads" not in g.tags]
+    ratios = {g.key: config.ratio for g in channel_groups}
+    if config.budget is not None:
+        ratios = allocate(channel_groups, scores, graph, config.budget)
+    groups = []
+    for group in candidates:
         if "heads" in group.tags:  # units are whole heads: their channel count is already
             ratio = config.ratio if config.head_ratio is None else config.head_ratio
-            keep = select(group, scores, ratio, 1)  # a multiple of the head size
+            keep = select(group, scores[group.key], ratio, 1)  # a multiple of the head size
         else:
-            keep = select(group, scores, config.ratio, config.round_to)
+            keep = select(group, scores[group.key], ratios[group.key], config.round_to)
         if len(keep) < group.units:
             groups.append(GroupPlan(group.key, group.units, keep.tolist(),
                                     [f"{t}:{a}" for t, a in group.spaces]))

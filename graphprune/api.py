@@ -14,6 +14,7 @@ import onnx
 
 from .analysis import Analysis, analyze
 from .budget import Budget
+from .sensitivity import Sensitivity
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
 from .io import check_structure, load_model, load_split, save_graph
 from .ir import Graph
@@ -215,6 +216,26 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
         report.fidelity = _check_candidate(graph, *reference, source)
         clock.lap(report, "verify")
     return outcome
+
+
+def sensitivity(model: ModelLike, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5), *,
+                criterion: str = "l2", round_to: int = 1, seed: int = 0,
+                progress: Progress | None = None) -> "Sensitivity":
+    """Output error of pruning each group alone at each ratio (see sensitivity.py)."""
+    from .sensitivity import measure
+    from .verify import random_inputs
+
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise UsageError(f"--ratios must be numbers in (0, 1), got {list(ratios)}")
+    interface, graph = load_graph(model)
+    canonicalize(graph)
+    analysis = analyze(graph)
+    if not analysis.prunable:
+        raise NothingToPruneError(f"{model}: no channel group can be pruned safely "
+                                  f"({_top_reason(analysis)})")
+    feeds = random_inputs(interface, seed)
+    return measure(graph, analysis, make_criterion(criterion, seed), list(ratios), feeds,
+                   round_to, progress)
 
 
 def write(result: PruneResult, path: str | os.PathLike, source: str | None = None) -> Path:

@@ -21,7 +21,8 @@ class Budget:
     target: str  # "channels", "params" or "macs"
     keep_fraction: float  # of channels / params / MACs to keep (model-wide)
     max_group_ratio: float = 0.8  # never remove more than this fraction of one group
-    group_ratios: dict | None = None  # sensitivity-derived caps per group key (optional)
+    group_ratios: dict | None = None  # caps per group key (optional)
+    sensitivity: object = None  # a sensitivity.Sensitivity: spread the budget by its curves
 
 
 def weight_macs(graph: Graph) -> dict[str, int]:

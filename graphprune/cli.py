@@ -5,6 +5,7 @@ non-zero; exit codes are documented in the README and come from `errors.py`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .api import DEFAULT_ROUND_TO, analyze_model, prune, write
+from .api import DEFAULT_ROUND_TO, analyze_model, prune, sensitivity, write
 from .budget import Budget
+from .sensitivity import Sensitivity
 from .errors import GraphpruneError, UsageError
 from .policy import Plan
 from .scoring import CRITERIA
@@ -79,6 +81,9 @@ def _run(fn):
               help="Prune (globally) until parameters are at most this fraction.")
 @click.option("--max-group-ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.8,
               show_default=True, help="With a global budget: most any one group may lose.")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(path_type=Path),
+              help="Spread a --target-flops/--target-params/--global budget by the curves of "
+              "`graphprune sensitivity` instead of by channel scores.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan as JSON.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="Replay a plan saved with --save-plan instead of scoring.")
@@ -90,7 +95,8 @@ def _run(fn):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
 def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude, global_rank,
-                  target_flops, target_params, max_group_ratio, save_plan, plan_path,
+                  target_flops, target_params, max_group_ratio, sensitivity_path, save_plan,
+                  plan_path,
                   report_path, no_verify, seed, quiet, verbose):
     """Prune MODEL and write the slimmed model."""
     def go():
@@ -101,6 +107,14 @@ def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude
                 raise UsageError(f"--plan {plan_path}: no such file")
             plan = Plan.from_json(plan_path.read_text(), str(plan_path))
         budget = _budget(ratio, global_rank, target_flops, target_params, max_group_ratio)
+        if sensitivity_path is not None:
+            if budget is None:
+                raise UsageError("--sensitivity needs a model-wide target: --target-flops, "
+                                 "--target-params or --global")
+            if not sensitivity_path.is_file():
+                raise UsageError(f"--sensitivity {sensitivity_path}: no such file")
+            curves = Sensitivity.from_json(sensitivity_path.read_text(), str(sensitivity_path))
+            budget = dataclasses.replace(budget, sensitivity=curves)
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve():
             raise UsageError(f"-o {out}: refusing to overwrite the input model")
@@ -139,6 +153,37 @@ def inspect_command(model, as_json):
             click.echo(f"{r['group'][:48]:48s} {r['channels']:>6d} {r['members']:>7d}  {status}")
         n = sum(r["prunable"] for r in rows)
         click.echo(f"{len(rows)} groups, {n} prunable, {len(rows) - n} frozen")
+
+    _run(go)
+
+
+@main.command("sensitivity")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--ratios", default="0.1,0.2,0.3,0.5", show_default=True,
+              help="Comma-separated ratios to try on each group.")
+@click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="l2",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Write the curves as JSON (for `graphprune MODEL --sensitivity FILE`).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True)
+def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
+    """Measure each group's output error when pruned alone at several ratios."""
+    def go():
+        try:
+            values = tuple(float(r) for r in ratios.split(",") if r.strip())
+        except ValueError:
+            raise UsageError(f"--ratios {ratios!r}: expected numbers like 0.1,0.2,0.5") from None
+        sens = sensitivity(model, values, criterion=criterion, seed=seed,
+                           progress=_progress(quiet, verbose))
+        if output is not None:
+            _write_text(output, sens.to_json())
+        if not quiet:
+            click.echo(f"{'group':48s} " + " ".join(f"{r:>7.2f}" for r in sens.ratios))
+            for key, errs in sorted(sens.errors.items(), key=lambda kv: -kv[1][-1]):
+                click.echo(f"{key[:48]:48s} " + " ".join(f"{e:7.4f}" for e in errs))
+            click.echo("relative output error (L2 of difference / L2 of output) per ratio")
 
     _run(go)
 

@@ -88,7 +88,12 @@ def make_plan(analysis: Analysis, graph: Graph, criterion: Criterion,
         scores[group.key] = criterion.score(group, graph)
     channel_groups = [g for g in candidates if "heads" not in g.tags]
     ratios = {g.key: config.ratio for g in channel_groups}
-    if config.budget is not None:
+    if config.budget is not None and config.budget.sensitivity is not None:
+        from .sensitivity import allocate_by_sensitivity  # imports this module
+
+        ratios = allocate_by_sensitivity(channel_groups, config.budget.sensitivity, graph,
+                                         config.budget)
+    elif config.budget is not None:
         ratios = allocate(channel_groups, scores, graph, config.budget)
     groups = []
     for group in candidates:

@@ -44,6 +44,11 @@ CASES = {
     "missing plan": (["net.onnx", "--plan", "nope.json", "-o", "out.onnx"], 2, "no such file"),
     "truncated model": (["truncated.onnx"], 3, "not an ONNX model"),
     "missing external data": (["ext.onnx"], 3, "external weight data"),
+    "sensitivity without target": (["net.onnx", "--sensitivity", "plan.json"], 2,
+                                   "needs a model-wide target"),
+    "both targets": (["net.onnx", "--target-flops", "0.5", "--target-params", "0.5"], 2,
+                     "exclude each other"),
+    "bad sensitivity ratios": (["sensitivity", "net.onnx", "--ratios", "a,b"], 2, "--ratios"),
 }
 
 

@@ -1,0 +1,444 @@
+// ONNX Runtime custom operators of the "graphprune" domain, written against the C API only
+// (ORT_API_VERSION 21; no link against libonnxruntime: the runtime hands us its OrtApiBase).
+//
+//   SparseMatMul(X[..., K], values, indices, row_ptr?, bias?) -> Y[..., N]
+//   SparseConv  (X[B, K, spatial...], values, indices, row_ptr?, bias?) -> Y[B, N, spatial...]
+//                (a 1x1 convolution, stride 1, no padding, group 1, with W = conv weight^T)
+// Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
+// nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none").
+// The weight inputs (values, indices, row_ptr) are normally initializers: they are then packed
+// once when the kernel is created; otherwise on every run.
+// Threads: work is split with KernelContext_ParallelFor, i.e. the session's intra-op pool.
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "onnxruntime_c_api.h"
+#include "sparse_matmul.h"
+
+#if !defined(ORT_API_VERSION) || ORT_API_VERSION < 21
+#error "graphprune kernels need ONNX Runtime headers with ORT_API_VERSION >= 21"
+#endif
+
+#define GP_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+using graphprune::Activation;
+using graphprune::FormatSpec;
+using graphprune::IndexView;
+using graphprune::Layout;
+using graphprune::PackedWeight;
+using graphprune::Problem;
+
+constexpr uint32_t kApiVersion = 21;
+constexpr const char* kDomain = "graphprune";
+
+enum Input : size_t { kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kNumInputs = 5 };
+
+#define GP_RETURN_IF_ERROR(expr)      \
+  do {                                \
+    OrtStatus* _st = (expr);          \
+    if (_st != nullptr) return _st;   \
+  } while (0)
+
+OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& what) {
+  std::string m = "graphprune kernels";
+  if (!node.empty()) m += " (node '" + node + "')";
+  m += ": " + what;
+  return api->CreateStatus(ORT_INVALID_ARGUMENT, m.c_str());
+}
+
+// --- attributes ---------------------------------------------------------------------------------
+
+bool get_int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
+  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, out);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+
+bool get_string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
+  size_t size = 0;
+  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  std::string s(size, '\0');
+  st = api->KernelInfoGetAttribute_string(info, name, &s[0], &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  *out = s;
+  return true;
+}
+
+std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
+  size_t size = 0;
+  OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return "";
+  }
+  std::string s(size, '\0');
+  st = api->KernelInfo_GetNodeName(info, &s[0], &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return "";
+  }
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  return s;
+}
+
+// --- tensors --------------------------------------------------------------------------------------
+
+struct TensorView {
+  const void* data = nullptr;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  size_t count = 0;
+};
+
+OrtStatus* view_tensor(const OrtApi* api, const OrtValue* v, TensorView* out) {
+  OrtTensorTypeAndShapeInfo* ti = nullptr;
+  GP_RETURN_IF_ERROR(api->GetTensorTypeAndShape(v, &ti));
+  size_t rank = 0;
+  OrtStatus* st = api->GetTensorElementType(ti, &out->type);
+  if (!st) st = api->GetDimensionsCount(ti, &rank);
+  if (!st) {
+    out->shape.assign(rank, 0);
+    st = api->GetDimensions(ti, out->shape.data(), rank);
+  }
+  if (!st) st = api->GetTensorShapeElementCount(ti, &out->count);
+  api->ReleaseTensorTypeAndShapeInfo(ti);
+  if (st) return st;
+  void* data = nullptr;
+  GP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(v), &data));
+  out->data = data;
+  return nullptr;
+}
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
+    default: return "another type";
+  }
+}
+
+// --- kernel ---------------------------------------------------------------------------------------
+
+struct OpDef {
+  OrtCustomOp op;  // first member: ORT hands back &op
+  const char* name;
+  bool conv;
+};
+
+class OrtParallel : public graphprune::Parallel {
+ public:
+  OrtParallel(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
+  void run(size_t n, void (*fn)(void*, size_t), void* data) override {
+    OrtStatus* st = api_->KernelContext_ParallelFor(ctx_, fn, n, 0, data);
+    if (st) {  // no thread pool reachable: run the (idempotent) tasks here
+      api_->ReleaseStatus(st);
+      for (size_t i = 0; i < n; ++i) fn(data, i);
+    }
+  }
+
+ private:
+  const OrtApi* api_;
+  OrtKernelContext* ctx_;
+};
+
+struct Kernel {
+  const OrtApi* api = nullptr;
+  bool conv = false;
+  std::string name;
+  FormatSpec spec;
+  Activation act = Activation::kNone;
+  bool prepacked = false;
+  PackedWeight weight;
+  std::mutex scratch_mu;
+  std::vector<float> scratch;
+
+  OrtStatus* pack(const OrtValue* values, const OrtValue* indices, const OrtValue* row_ptr,
+                  PackedWeight* out) const {
+    TensorView v, ix, rp;
+    if (!values || !indices) return fail(api, name, "inputs 'values' and 'indices' are required");
+    GP_RETURN_IF_ERROR(view_tensor(api, values, &v));
+    GP_RETURN_IF_ERROR(view_tensor(api, indices, &ix));
+    if (v.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return fail(api, name, std::string("input 'values' must be float, got ") + type_name(v.type));
+    auto is_int = [](ONNXTensorElementDataType t) {
+      return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    };
+    if (!is_int(ix.type))
+      return fail(api, name, std::string("input 'indices' must be int32 or int64, got ") + type_name(ix.type));
+    IndexView iv{ix.data, ix.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ix.count};
+    IndexView rv;
+    if (row_ptr) {
+      GP_RETURN_IF_ERROR(view_tensor(api, row_ptr, &rp));
+      if (!is_int(rp.type))
+        return fail(api, name, std::string("input 'row_ptr' must be int32 or int64, got ") + type_name(rp.type));
+      rv = IndexView{rp.data, rp.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, rp.count};
+    }
+    std::string err = graphprune::pack_weight(spec, static_cast<const float*>(v.data), v.count, iv, rv, out);
+    if (!err.empty()) return fail(api, name, err);
+    return nullptr;
+  }
+
+  OrtStatus* compute(OrtKernelContext* ctx) {
+    size_t n_inputs = 0;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
+    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    for (size_t i = 0; i < kNumInputs && i < n_inputs; ++i)
+      GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, i, &in[i]));
+    if (!in[kX]) return fail(api, name, "input X is missing");
+
+    PackedWeight local;
+    const PackedWeight* w = &weight;
+    if (!prepacked) {
+      GP_RETURN_IF_ERROR(pack(in[kValues], in[kIndices], in[kRowPtr], &local));
+      w = &local;
+    }
+
+    TensorView x;
+    GP_RETURN_IF_ERROR(view_tensor(api, in[kX], &x));
+    if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return fail(api, name, std::string("input X must be float, got ") + type_name(x.type));
+    const float* bias = nullptr;
+    if (in[kBias]) {
+      TensorView b;
+      GP_RETURN_IF_ERROR(view_tensor(api, in[kBias], &b));
+      if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || static_cast<int64_t>(b.count) != spec.n)
+        return fail(api, name, "bias must be float with n = " + std::to_string(spec.n) + " elements");
+      bias = static_cast<const float*>(b.data);
+    }
+
+    Problem p;
+    p.x = static_cast<const float*>(x.data);
+    p.bias = bias;
+    p.act = act;
+    std::vector<int64_t> yshape = x.shape;
+    if (!conv) {
+      if (x.shape.empty() || x.shape.back() != spec.k)
+        return fail(api, name, "X must have last dimension k = " + std::to_string(spec.k));
+      p.layout = Layout::kRows;
+      p.M = spec.k ? static_cast<int64_t>(x.count) / spec.k : 0;
+      yshape.back() = spec.n;
+    } else {
+      if (x.shape.size() < 2 || x.shape[1] != spec.k)
+        return fail(api, name, "X must be [batch, k = " + std::to_string(spec.k) + ", spatial...]");
+      p.layout = Layout::kChannels;
+      p.batch = x.shape[0];
+      p.P = 1;
+      for (size_t i = 2; i < x.shape.size(); ++i) p.P *= x.shape[i];
+      yshape[1] = spec.n;
+    }
+    OrtValue* y = nullptr;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, yshape.data(), yshape.size(), &y));
+    void* ydata = nullptr;
+    GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
+    p.y = static_cast<float*>(ydata);
+
+    OrtParallel par(api, ctx);
+    std::unique_lock<std::mutex> lock(scratch_mu, std::try_to_lock);
+    std::vector<float> own;
+    graphprune::sparse_matmul(*w, p, par, lock.owns_lock() ? &scratch : &own);
+    return nullptr;
+  }
+};
+
+OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info, void** out) {
+  const OpDef* def = reinterpret_cast<const OpDef*>(op);
+  std::unique_ptr<Kernel> k(new (std::nothrow) Kernel());
+  if (!k) return api->CreateStatus(ORT_FAIL, "graphprune kernels: out of memory");
+  k->api = api;
+  k->conv = def->conv;
+  k->name = node_name(api, info);
+
+  int64_t v = 0;
+  if (!get_int_attr(api, info, "k", &k->spec.k)) return fail(api, k->name, "attribute 'k' (int) is required");
+  if (!get_int_attr(api, info, "n", &k->spec.n)) return fail(api, k->name, "attribute 'n' (int) is required");
+  if (!get_string_attr(api, info, "format", &k->spec.format))
+    return fail(api, k->name, "attribute 'format' (bsr, csr or nm) is required");
+  k->spec.br = get_int_attr(api, info, "block_rows", &v) ? static_cast<int>(v) : 1;
+  k->spec.bc = get_int_attr(api, info, "block_cols", &v) ? static_cast<int>(v) : 1;
+  k->spec.nm_n = get_int_attr(api, info, "nm_n", &v) ? static_cast<int>(v) : 2;
+  k->spec.nm_m = get_int_attr(api, info, "nm_m", &v) ? static_cast<int>(v) : 4;
+  std::string act = "none";
+  get_string_attr(api, info, "activation", &act);
+  if (act == "none" || act.empty()) k->act = Activation::kNone;
+  else if (act == "relu") k->act = Activation::kRelu;
+  else if (act == "gelu") k->act = Activation::kGelu;
+  else return fail(api, k->name, "activation '" + act + "' is not one of none, relu, gelu");
+  std::string err = graphprune::validate_spec(k->spec);
+  if (!err.empty()) return fail(api, k->name, err);
+
+  // Pack now if the weight inputs are constant (initializers).
+  const OrtValue* cv[3] = {nullptr, nullptr, nullptr};
+  bool all_const = true;
+  size_t n_inputs = 0;
+  GP_RETURN_IF_ERROR(api->KernelInfo_GetInputCount(info, &n_inputs));
+  for (size_t i = 0; i < 3; ++i) {
+    const size_t idx = kValues + i;
+    if (idx >= n_inputs) continue;  // absent optional row_ptr
+    int is_const = 0;
+    OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, idx, &is_const, &cv[i]);
+    if (st) {
+      api->ReleaseStatus(st);
+      is_const = 0;
+    }
+    if (!is_const) {
+      cv[i] = nullptr;
+      // An absent optional input (empty name) is fine; any other non-constant input means
+      // packing on every run.
+      char nm[2] = {0, 0};
+      size_t sz = sizeof(nm);
+      OrtStatus* st2 = api->KernelInfo_GetInputName(info, idx, nm, &sz);
+      const bool absent = (st2 == nullptr && nm[0] == '\0');
+      if (st2) api->ReleaseStatus(st2);
+      if (!absent) all_const = false;
+    }
+  }
+  if (all_const && cv[0] && cv[1]) {
+    GP_RETURN_IF_ERROR(k->pack(cv[0], cv[1], cv[2], &k->weight));
+    k->prepacked = true;
+  }
+  *out = k.release();
+  return nullptr;
+}
+
+// --- OrtCustomOp callbacks ------------------------------------------------------------------------
+
+const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->name; }
+const char* ORT_API_CALL op_ep(const OrtCustomOp*) { return nullptr; }  // CPU
+size_t ORT_API_CALL op_input_count(const OrtCustomOp*) { return kNumInputs; }
+ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
+  // indices / row_ptr: int32 or int64 (undefined = any type, checked at kernel creation)
+  return (i == kIndices || i == kRowPtr) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                         : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+size_t ORT_API_CALL op_output_count(const OrtCustomOp*) { return 1; }
+ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
+  return (i == kRowPtr || i == kBias) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType ORT_API_CALL op_input_mem(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int ORT_API_CALL op_one(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL op_end_version(const OrtCustomOp*) { return INT_MAX; }
+void ORT_API_CALL op_destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+OrtStatusPtr ORT_API_CALL op_create_v2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                                       void** kernel) {
+  try {
+    return create_kernel(op, api, info, kernel);
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, (std::string("graphprune kernels: ") + e.what()).c_str());
+  }
+}
+OrtStatusPtr ORT_API_CALL op_compute_v2(void* kernel, OrtKernelContext* ctx) {
+  Kernel* k = static_cast<Kernel*>(kernel);
+  try {
+    return k->compute(ctx);
+  } catch (const std::exception& e) {
+    return k->api->CreateStatus(ORT_FAIL, (std::string("graphprune kernels: ") + e.what()).c_str());
+  }
+}
+
+OpDef make_op(const char* name, bool conv) {
+  OpDef d;
+  std::memset(&d, 0, sizeof(d));
+  OrtCustomOp& o = d.op;
+  o.version = kApiVersion;
+  o.CreateKernel = nullptr;
+  o.GetName = op_name;
+  o.GetExecutionProviderType = op_ep;
+  o.GetInputType = op_input_type;
+  o.GetInputTypeCount = op_input_count;
+  o.GetOutputType = op_output_type;
+  o.GetOutputTypeCount = op_output_count;
+  o.KernelCompute = nullptr;
+  o.KernelDestroy = op_destroy;
+  o.GetInputCharacteristic = op_input_char;
+  o.GetOutputCharacteristic = op_output_char;
+  o.GetInputMemoryType = op_input_mem;
+  o.GetVariadicInputMinArity = op_one;
+  o.GetVariadicInputHomogeneity = op_one;
+  o.GetVariadicOutputMinArity = op_one;
+  o.GetVariadicOutputHomogeneity = op_one;
+  o.CreateKernelV2 = op_create_v2;
+  o.KernelComputeV2 = op_compute_v2;
+  o.InferOutputShapeFn = nullptr;
+  o.GetStartVersion = op_one;
+  o.GetEndVersion = op_end_version;
+  o.GetMayInplace = nullptr;
+  o.ReleaseMayInplace = nullptr;
+  o.GetAliasMap = nullptr;
+  o.ReleaseAliasMap = nullptr;
+  d.name = name;
+  d.conv = conv;
+  return d;
+}
+
+OpDef g_sparse_matmul = make_op("SparseMatMul", false);
+OpDef g_sparse_conv = make_op("SparseConv", true);
+
+std::mutex g_domains_mu;
+std::vector<OrtCustomOpDomain*> g_domains;  // kept for the life of the process
+
+}  // namespace
+
+GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  if (api_base == nullptr) return nullptr;  // cannot even report: nothing registered
+  const OrtApi* api = api_base->GetApi(kApiVersion);
+  if (api == nullptr) {
+    // CreateStatus is in every API version: use the newest one this runtime offers to report.
+    const OrtApi* old = nullptr;
+    for (uint32_t v = kApiVersion - 1; v >= 1 && old == nullptr; --v) old = api_base->GetApi(v);
+    const char* have = api_base->GetVersionString ? api_base->GetVersionString() : "unknown";
+    std::string m = std::string("graphprune kernels need ONNX Runtime 1.21 or newer (C API version ") +
+                    std::to_string(kApiVersion) + "); this runtime is " + (have ? have : "unknown") +
+                    ": upgrade onnxruntime";
+    return old ? old->CreateStatus(ORT_NOT_IMPLEMENTED, m.c_str()) : nullptr;
+  }
+  if (const char* isa = std::getenv("GRAPHPRUNE_KERNELS_ISA")) {
+    if (*isa && !graphprune::force_isa(isa))
+      return api->CreateStatus(ORT_INVALID_ARGUMENT,
+                               (std::string("graphprune kernels: GRAPHPRUNE_KERNELS_ISA=") + isa +
+                                " is not available on this CPU (generic, avx2, avx512)").c_str());
+  }
+  std::lock_guard<std::mutex> lock(g_domains_mu);
+  OrtCustomOpDomain* domain = nullptr;
+  GP_RETURN_IF_ERROR(api->CreateCustomOpDomain(kDomain, &domain));
+  OrtStatus* st = api->CustomOpDomain_Add(domain, &g_sparse_matmul.op);
+  if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv.op);
+  if (!st) st = api->AddCustomOpDomain(options, domain);
+  if (st) {
+    api->ReleaseCustomOpDomain(domain);
+    return st;
+  }
+  g_domains.push_back(domain);
+  return nullptr;
+}
+
+// For the Python side (ctypes): the code path in use and the API version targeted.
+GP_EXPORT const char* graphprune_kernels_isa() { return graphprune::isa_name(); }
+GP_EXPORT int graphprune_kernels_api_version() { return static_cast<int>(kApiVersion); }

@@ -15,8 +15,9 @@ Why this shape:
 * every measurement is a fresh subprocess, so ``ru_maxrss`` is that run's own peak; the RSS right
   after the imports is the baseline, and peak − baseline is what the run itself costs;
 * imports are outside the timed region on both sides (their seconds are kept in the JSON);
-* graphprune is repeated (median reported) because the machine is shared and noisy; a
-  Torch-Pruning child takes much longer, so it runs ``--tp-repeats`` times (default once);
+* everything is repeated and the median reported, because the machine is shared and noisy
+  (single Torch-Pruning prune timings were seen to vary 10× between runs); a Torch-Pruning child
+  takes seconds to tens of seconds, so ``--tp-repeats 1`` is there for a quick run;
 * a stage-by-stage RSS trace comes from graphprune's public ``progress`` callback, which fires at
   the start of each stage, so the stage that raises the high-water mark can be named.
 
@@ -295,6 +296,7 @@ def measure(model: str, repeats: int, tp_repeats: int, workdir: Path, skip_tp: b
         return row
     path = Path(prep["path"])
     row["loadavg_before"] = os.getloadavg()
+    row["git"] = machine_info()["git"]  # the code under test changes while others work
     row["file"], row["file_bytes"] = str(path), path.stat().st_size
     row["file_mb"] = row["file_bytes"] / 2**20
     log(f"{model}: {row['file_mb']:.1f} MiB")
@@ -425,7 +427,7 @@ def main(argv=None) -> int:
                              "(default: resnet50, light_resnet50, then all TORCHVISION_MODELS)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results directory")
     parser.add_argument("--repeats", type=int, default=3, help="graphprune runs per model")
-    parser.add_argument("--tp-repeats", type=int, default=1,
+    parser.add_argument("--tp-repeats", type=int, default=3,
                         help="Torch-Pruning runs per model and exporter")
     parser.add_argument("--skip-tp", action="store_true", help="graphprune only")
     args = parser.parse_args(argv)

@@ -38,8 +38,9 @@ class Graph:
     # |gamma| of BatchNorms folded away, keyed by the tensor the BN produced: the BN-scale
     # criterion needs them after folding has removed the BN nodes.
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
-    # Dim values that stand in for dynamic dims in `shapes` (see infer_shapes(bind_dynamic)).
-    stand_ins: frozenset = frozenset()
+    # Axes whose `shapes` value is a stand-in for a dynamic dim (see infer_shapes).
+    dynamic: dict[str, frozenset] = field(default_factory=dict)
+    bound: bool = False  # shapes were inferred with stand-ins for dynamic dims
     _producer: dict[str, onnx.NodeProto] = field(default_factory=dict, repr=False)
     _consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict, repr=False)
 
@@ -98,9 +99,10 @@ class Graph:
     def static_dims(self, tensor: str) -> tuple | None:
         """Shape with stand-ins for dynamic dims shown as None: what is really known."""
         shape = self.shape(tensor)
-        if shape is None or not self.stand_ins:
+        axes = self.dynamic.get(tensor)
+        if shape is None or not axes:
             return shape
-        return tuple(None if d in self.stand_ins else d for d in shape)
+        return tuple(None if i in axes else d for i, d in enumerate(shape))
 
     def shape(self, tensor: str) -> tuple | None:
         if tensor in self.weights:
@@ -150,8 +152,26 @@ class Graph:
         keep their input's shape we fill the gap ourselves and infer again, so the tensors
         after them get shapes too. `strict` raises on any inconsistency (used on results).
         """
+        unbound = {}
+        if bind_dynamic:
+            self._infer(False)
+            unbound = self.shapes
+        model = self._infer(bind_dynamic)
+        self.bound = bind_dynamic
+        self.dynamic = {}
+        if bind_dynamic:  # what the stand-ins made known is dynamic in truth
+            for name, dims in self.shapes.items():
+                before = unbound.get(name)
+                axes = frozenset(i for i in range(len(dims)) if before is None or
+                                 len(before) != len(dims) or before[i] is None)
+                if axes:
+                    self.dynamic[name] = axes
+        if strict:
+            onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+
+    def _infer(self, bind_dynamic: bool) -> onnx.ModelProto:
+        """One inference with gap filling into self.shapes; returns the model it inferred."""
         hints: list[onnx.ValueInfoProto] = []
-        self.stand_ins = frozenset(_DYNAMIC_STAND_INS) if bind_dynamic else frozenset()
         for _ in range(8):
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
@@ -166,8 +186,7 @@ class Graph:
             if not new_hints:
                 break
             hints += new_hints
-        if strict:
-            onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        return model
 
     def _read_shapes(self, inferred: onnx.ModelProto) -> None:
         self.shapes, self.dtypes = {}, {}
@@ -250,8 +269,9 @@ class Graph:
         return bool(self._consumers.get(name)) or name in self.output_names
 
 
-# Stand-ins for dynamic dims during analysis: large primes, one per symbolic name.
-_DYNAMIC_STAND_INS = (100003, 100019, 100043, 100049, 100057, 100069)
+# Stand-ins for dynamic dims during analysis, one per symbolic name: primes unlike real
+# channel counts, and small, because data propagation materialises Range(batch)-like values.
+_DYNAMIC_STAND_INS = (23, 29, 41, 43, 47, 53)
 
 
 def _bind_dynamic_dims(model: onnx.ModelProto) -> None:

@@ -41,7 +41,7 @@ class FoldConstants:
             if not self._sweep(graph):
                 break
             changed = True
-            graph.infer_shapes(bind_dynamic=bool(graph.stand_ins))
+            graph.infer_shapes(bind_dynamic=graph.bound)
         return changed
 
     def _sweep(self, graph: Graph) -> bool:

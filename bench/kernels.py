@@ -1,0 +1,218 @@
+"""ONNX Runtime dense MatMul vs graphprune's SparseMatMul custom operator (CPU).
+
+For every weight shape K x N, a one-node dense model ``Y = X @ W`` (ORT's MatMul, MLAS) and one
+``graphprune.SparseMatMul`` model per pattern and sparsity (magnitude-masked random W; the same W
+for every pattern of a shape) are timed at each M: per model, a warm-up (>= 5 runs and >= 0.2 s),
+then >= ``--runs`` timed runs of that one model in a row (and >= ``--min-seconds``), each timed
+with ``time.perf_counter`` around ``sess.run``; the median is kept. Models are never alternated
+run by run (idle ORT thread pools spinning would distort both). Every session has ``--threads``
+intra-op threads. speedup = dense median / sparse median, both from this one run.
+
+Patterns: bsr1x4, bsr4x1, bsr4x4, bsr8x1 (block sparsity: that fraction of blocks is zero), csr
+(unstructured), nm (n:m along K with n/m = 1 - sparsity: 2:4, 3:10, 1:5, 1:10, 1:20).
+
+Results: bench/results/kernels.json and bench/results/kernels.md (the table is printed too).
+
+    python bench/kernels.py                      # everything (about 10 minutes on 2 cores)
+    python bench/kernels.py --quick              # 768x768 and 3072x768, 50/90 %, M 1/16/128
+    python bench/kernels.py --shapes 768x3072 --patterns bsr4x1,csr --sparsities 90
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from graphprune import kernels as gk  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+NM_FOR_SPARSITY = {50: (2, 4), 70: (3, 10), 80: (1, 5), 90: (1, 10), 95: (1, 20)}
+PATTERNS = ("bsr1x4", "bsr4x1", "bsr4x4", "bsr8x1", "csr", "nm")
+
+
+def dense_model(w: np.ndarray):
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])], "dense",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        initializer=[numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def sparse_weight(w: np.ndarray, pattern: str, sparsity: int):
+    s = sparsity / 100.0
+    if pattern.startswith("bsr"):
+        block = tuple(int(v) for v in pattern[3:].split("x"))
+        return gk.pack(gk.mask_blocks(w, s, block), "bsr", block=block), f"{block[0]}x{block[1]} blocks"
+    if pattern == "csr":
+        return gk.pack(gk.mask_unstructured(w, s), "csr"), "unstructured"
+    if pattern == "nm":
+        n, m = NM_FOR_SPARSITY[sparsity]
+        return gk.pack(gk.mask_nm(w, n, m), "nm", nm=(n, m)), f"{n}:{m}"
+    raise ValueError(pattern)
+
+
+def time_session(sess, x, runs: int, min_seconds: float) -> float:
+    feeds = {"X": x}
+    t_end = time.perf_counter() + 0.2
+    for i in range(5):
+        sess.run(None, feeds)
+    while time.perf_counter() < t_end:
+        sess.run(None, feeds)
+    times = []
+    t_stop = time.perf_counter() + min_seconds
+    while len(times) < runs or time.perf_counter() < t_stop:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    info["numpy"] = np.__version__
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="768x768,768x3072,3072x768,4096x4096")
+    ap.add_argument("--m", default="1,16,128", help="rows of X")
+    ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--sparsities", default="50,70,80,90,95", help="percent")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per model and M (minimum)")
+    ap.add_argument("--min-seconds", type=float, default=0.3, help="timed seconds per model and M (minimum)")
+    ap.add_argument("--quick", action="store_true", help="768x768,3072x768 at 50/90 %%")
+    ap.add_argument("--out", default=str(RESULTS / "kernels"), help="output path without extension")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shapes, args.sparsities = "768x768,3072x768", "50,90"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    ms = [int(v) for v in args.m.split(",")]
+    patterns = args.patterns.split(",")
+    sparsities = [int(v) for v in args.sparsities.split(",")]
+    for p in patterns:
+        if p not in PATTERNS:
+            ap.error(f"unknown pattern {p}; use {', '.join(PATTERNS)}")
+    for s in sparsities:
+        if s not in NM_FOR_SPARSITY:
+            ap.error(f"sparsity {s} is not one of {sorted(NM_FOR_SPARSITY)}")
+
+    try:
+        lib = gk.library_path()
+    except gk.KernelsUnavailable as exc:
+        print(f"kernels unavailable: {exc}", file=sys.stderr)
+        return 1
+    isa = gk.isa()
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    print(f"library {lib} (isa {isa}), {args.threads} threads", flush=True)
+    for k, n in shapes:
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in ms}
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        dense = ort.InferenceSession(dense_model(w).SerializeToString(), so,
+                                     providers=["CPUExecutionProvider"])
+        dense_t = {m: time_session(dense, xs[m], args.runs, args.min_seconds) for m in ms}
+        ref = {m: dense.run(None, {"X": xs[m]})[0] for m in ms}
+        del dense
+        for m in ms:
+            print(f"{k}x{n} M={m}: dense {dense_t[m] * 1e3:.3f} ms", flush=True)
+        for pattern in patterns:
+            for sp in sparsities:
+                sw, desc = sparse_weight(w, pattern, sp)
+                sess = gk.session(gk.make_sparse_matmul_model(sw), threads=args.threads)
+                wd = gk.unpack(sw)
+                for m in ms:
+                    t = time_session(sess, xs[m], args.runs, args.min_seconds)
+                    y = sess.run(None, {"X": xs[m]})[0]
+                    exp = xs[m] @ wd
+                    err = float(np.abs(y - exp).max() / (np.abs(exp).max() + 1e-12))
+                    row = {"k": k, "n": n, "m": m, "pattern": pattern, "desc": desc,
+                           "sparsity": sp, "actual_sparsity": round(1.0 - float(np.count_nonzero(wd)) / wd.size, 4),
+                           "stored_density": round(sw.density, 4),
+                           "dense_ms": dense_t[m] * 1e3, "sparse_ms": t * 1e3,
+                           "speedup": dense_t[m] / t, "max_rel_err": err}
+                    rows.append(row)
+                    print(f"{k}x{n} M={m:<4d} {pattern:7s} {sp:2d}%  sparse {t * 1e3:8.3f} ms  "
+                          f"speedup {row['speedup']:6.2f}x", flush=True)
+                del sess
+        del ref
+
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "isa": isa, "threads": args.threads, "runs": args.runs,
+              "statistic": "median", "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result, shapes, ms, patterns, sparsities)
+    out.with_suffix(".md").write_text(md)
+    print()
+    print(md)
+    return 0
+
+
+def markdown(result, shapes, ms, patterns, sparsities) -> str:
+    rows = {(r["k"], r["n"], r["m"], r["pattern"], r["sparsity"]): r for r in result["rows"]}
+    mi = result["machine"]
+    lines = [
+        "# SparseMatMul vs dense MatMul (ONNX Runtime CPU)",
+        "",
+        f"{result['date']}, {mi.get('cpu', '?')}, {mi.get('cpus')} CPUs, onnxruntime "
+        f"{mi.get('onnxruntime')}, kernel ISA {result['isa']}, {result['threads']} intra-op threads, "
+        f"median of >= {result['runs']} runs. Cells: speedup = dense ms / sparse ms "
+        "(> 1: the sparse operator is faster). nm sparsities: 2:4, 3:10, 1:5, 1:10, 1:20.",
+        "",
+    ]
+    for k, n in shapes:
+        for m in ms:
+            dense = next((r["dense_ms"] for key, r in rows.items() if key[:3] == (k, n, m)), None)
+            if dense is None:
+                continue
+            lines.append(f"## {k}x{n}, M={m} (dense {dense:.3f} ms)")
+            lines.append("")
+            lines.append("| pattern | " + " | ".join(f"{s} %" for s in sparsities) + " |")
+            lines.append("|---|" + "---:|" * len(sparsities))
+            for p in patterns:
+                cells = []
+                for s in sparsities:
+                    r = rows.get((k, n, m, p, s))
+                    cells.append(f"{r['speedup']:.2f}x ({r['sparse_ms']:.3f})" if r else "")
+                lines.append(f"| {p} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Packing dense weights into the initializers of the ``graphprune`` sparse operators.
+
+``SparseMatMul(X[..., K], values, indices, row_ptr?, bias?) -> Y[..., N]`` computes
+``Y = act(X @ W + bias)`` with ``W [K, N]`` stored sparse in one of three formats
+(attributes ``k``, ``n``, ``format``, ``block_rows``, ``block_cols``, ``nm_n``, ``nm_m``,
+``activation``):
+
+``bsr``
+    scipy's block-sparse-row form of ``W``: blocks of ``block_rows`` (along K) x ``block_cols``
+    (along N), one of 1x4, 4x1, 4x4, 8x1. ``values [nnzb, br, bc]`` float, ``indices [nnzb]`` the
+    block column of each block, ``row_ptr [ceil(K/br) + 1]``. Blocks that overhang K or N hold
+    zeros there.
+``csr``
+    scipy's CSR of ``W`` (bsr with 1x1 blocks): ``values [nnz]``, ``indices [nnz]`` the column n,
+    ``row_ptr [K + 1]``.
+``nm``
+    ``nm_n``:``nm_m`` (2:4 by default) along K for every output column: ``W^T [N, K]`` is split
+    into groups of m consecutive k (the last one padded with zeros) and each group keeps n entries:
+    ``values [N, G, n]`` float and ``indices [N, G, n]`` the absolute k of each kept weight
+    (sorted within a group). No ``row_ptr``.
+
+``indices`` and ``row_ptr`` are int32 or int64. ``SparseConv`` takes the same inputs for a 1x1
+convolution on NCHW (``W = conv_weight[:, :, 0, 0].T``). The kernel repacks whatever it gets
+into its own layout once, when the session is created (the weights are initializers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+DOMAIN = "graphprune"
+OPSET_VERSION = 1
+FORMATS = ("bsr", "csr", "nm")
+BLOCK_SHAPES = ((1, 4), (4, 1), (4, 4), (8, 1))
+ACTIVATIONS = ("none", "relu", "gelu")
+
+
+@dataclass
+class SparseWeight:
+    """A weight ``W [k, n]`` in one of the operator's formats (see the module docstring)."""
+
+    format: str
+    k: int
+    n: int
+    values: np.ndarray
+    indices: np.ndarray
+    row_ptr: Optional[np.ndarray] = None
+    block: Tuple[int, int] = (1, 1)
+    nm: Tuple[int, int] = (2, 4)
+
+    def attributes(self) -> dict:
+        attrs = {"k": int(self.k), "n": int(self.n), "format": self.format}
+        if self.format == "bsr":
+            attrs["block_rows"], attrs["block_cols"] = int(self.block[0]), int(self.block[1])
+        if self.format == "nm":
+            attrs["nm_n"], attrs["nm_m"] = int(self.nm[0]), int(self.nm[1])
+        return attrs
+
+    @property
+    def stored(self) -> int:
+        """Number of stored weight values (including zeros inside kept blocks)."""
+        return int(self.values.size)
+
+    @property
+    def density(self) -> float:
+        return self.stored / float(self.k * self.n)
+
+
+def _check_2d(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"W must be 2-D [K, N], got shape {w.shape}")
+    return w.astype(np.float32, copy=False)
+
+
+def _check_block(block: Sequence[int], allow_1x1: bool = True) -> Tuple[int, int]:
+    br, bc = (int(block[0]), int(block[1]))
+    if (br, bc) not in BLOCK_SHAPES and not (allow_1x1 and (br, bc) == (1, 1)):
+        raise ValueError(f"block {br}x{bc} is not supported; use one of "
+                         + ", ".join(f"{r}x{c}" for r, c in BLOCK_SHAPES))
+    return br, bc
+
+
+def _blocks(w: np.ndarray, br: int, bc: int) -> np.ndarray:
+    """W [K, N] zero-padded to block multiples, as [Kb, Nb, br, bc]."""
+    k, n = w.shape
+    kb, nb = -(-k // br), -(-n // bc)
+    padded = np.zeros((kb * br, nb * bc), dtype=np.float32)
+    padded[:k, :n] = w
+    return padded.reshape(kb, br, nb, bc).transpose(0, 2, 1, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# pack / unpack
+
+
+def pack(w: np.ndarray, format: str = "bsr", block: Sequence[int] = (4, 1),
+         nm: Sequence[int] = (2, 4), index_dtype=np.int32) -> SparseWeight:
+    """Packs a dense ``W [K, N]`` (already masked) into the operator's initializers.
+
+    ``bsr`` keeps every block with a non-zero, ``csr`` every non-zero. ``nm`` needs ``W`` to be
+    N:M sparse along K (at most n non-zeros in each group of m, see :func:`mask_nm`); a group
+    with fewer keeps explicit zeros.
+    """
+    w = _check_2d(w)
+    k, n = w.shape
+    index_dtype = np.dtype(index_dtype)
+    if index_dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        raise ValueError("index_dtype must be int32 or int64")
+    if format in ("bsr", "csr"):
+        br, bc = (1, 1) if format == "csr" else _check_block(block)
+        blocks = _blocks(w, br, bc)                      # [Kb, Nb, br, bc]
+        keep = np.any(blocks != 0, axis=(2, 3))          # [Kb, Nb]
+        rows, cols = np.nonzero(keep)                    # row-major order: sorted by row, col
+        row_ptr = np.zeros(keep.shape[0] + 1, dtype=index_dtype)
+        np.cumsum(keep.sum(axis=1), out=row_ptr[1:])
+        values = np.ascontiguousarray(blocks[rows, cols])  # [nnzb, br, bc]
+        if format == "csr":
+            values = values.reshape(-1)
+        return SparseWeight(format, k, n, values.astype(np.float32),
+                            cols.astype(index_dtype), row_ptr, block=(br, bc))
+    if format == "nm":
+        nk, m = int(nm[0]), int(nm[1])
+        if not (1 <= nk <= m):
+            raise ValueError(f"nm pattern {nk}:{m} is not valid")
+        g = -(-k // m)
+        wt = np.zeros((n, g * m), dtype=np.float32)
+        wt[:, :k] = w.T
+        groups = wt.reshape(n, g, m)
+        counts = np.count_nonzero(groups, axis=2)
+        if counts.max(initial=0) > nk:
+            j, gi = np.argwhere(counts > nk)[0]
+            raise ValueError(f"W is not {nk}:{m} sparse along K: output column {j}, rows "
+                             f"{gi * m}..{gi * m + m - 1} hold {counts[j, gi]} non-zeros "
+                             f"(mask it with mask_nm first)")
+        # Keep the nk largest magnitudes (all non-zeros, then zeros), sorted by position.
+        order = np.argsort(-np.abs(groups), axis=2, kind="stable")[:, :, :nk]
+        order.sort(axis=2)
+        values = np.take_along_axis(groups, order, axis=2)
+        indices = order + (np.arange(g) * m)[None, :, None]
+        return SparseWeight("nm", k, n, np.ascontiguousarray(values, dtype=np.float32),
+                            np.ascontiguousarray(indices.astype(index_dtype)), None, nm=(nk, m))
+    raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+
+
+def unpack(sw: SparseWeight) -> np.ndarray:
+    """The dense ``W [k, n]`` a :class:`SparseWeight` stands for."""
+    k, n = sw.k, sw.n
+    if sw.format in ("bsr", "csr"):
+        br, bc = (1, 1) if sw.format == "csr" else sw.block
+        kb, nb = -(-k // br), -(-n // bc)
+        out = np.zeros((kb, nb, br, bc), dtype=np.float32)
+        row_ptr = np.asarray(sw.row_ptr, dtype=np.int64)
+        rows = np.repeat(np.arange(kb), np.diff(row_ptr))
+        out[rows, np.asarray(sw.indices, dtype=np.int64)] = np.asarray(sw.values).reshape(-1, br, bc)
+        return out.transpose(0, 2, 1, 3).reshape(kb * br, nb * bc)[:k, :n].copy()
+    if sw.format == "nm":
+        nk, m = sw.nm
+        g = -(-k // m)
+        wt = np.zeros((n, g * m), dtype=np.float32)
+        idx = np.asarray(sw.indices, dtype=np.int64).reshape(n, -1)
+        np.put_along_axis(wt, idx, np.asarray(sw.values, dtype=np.float32).reshape(n, -1), axis=1)
+        return wt[:, :k].T.copy()
+    raise ValueError(f"format {sw.format!r} is not one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# magnitude masks
+
+
+def _n_pruned(total: int, sparsity: float) -> int:
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    return int(round(sparsity * total))
+
+
+def mask_blocks(w: np.ndarray, sparsity: float, block: Sequence[int] = (4, 1)) -> np.ndarray:
+    """Zeroes the ``sparsity`` fraction of ``block`` blocks (on the zero-padded grid) with the
+    smallest L2 norm. Returns a new array."""
+    w = _check_2d(w)
+    br, bc = _check_block(block)
+    blocks = _blocks(w, br, bc).copy()
+    norms = np.sqrt(np.sum(blocks.astype(np.float64) ** 2, axis=(2, 3))).ravel()
+    drop = np.argsort(norms, kind="stable")[:_n_pruned(norms.size, sparsity)]
+    flat = blocks.reshape(-1, br, bc)
+    flat[drop] = 0.0
+    kb, nb = blocks.shape[:2]
+    dense = blocks.transpose(0, 2, 1, 3).reshape(kb * br, nb * bc)
+    return dense[:w.shape[0], :w.shape[1]].copy()
+
+
+def mask_unstructured(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Zeroes the ``sparsity`` fraction of weights with the smallest magnitude."""
+    w = _check_2d(w)
+    out = w.copy().ravel()
+    drop = np.argsort(np.abs(out), kind="stable")[:_n_pruned(out.size, sparsity)]
+    out[drop] = 0.0
+    return out.reshape(w.shape)
+
+
+def mask_nm(w: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
+    """Keeps the ``n`` largest magnitudes in every group of ``m`` consecutive rows (along K) of
+    each column of ``W [K, N]``; a last, shorter group keeps at most ``n`` too."""
+    w = _check_2d(w)
+    if not (1 <= n <= m):
+        raise ValueError(f"nm pattern {n}:{m} is not valid")
+    k, cols = w.shape
+    g = -(-k // m)
+    wt = np.zeros((cols, g * m), dtype=np.float32)
+    wt[:, :k] = w.T
+    groups = wt.reshape(cols, g, m)
+    # Padding sorts last (magnitude -1) so it is never kept over a real weight.
+    mag = np.abs(groups)
+    mag.reshape(cols, -1)[:, k:] = -1.0
+    order = np.argsort(-mag, axis=2, kind="stable")
+    masked = np.zeros_like(groups)
+    keep = order[:, :, :n]
+    np.put_along_axis(masked, keep, np.take_along_axis(groups, keep, axis=2), axis=2)
+    return masked.reshape(cols, -1)[:, :k].T.copy()
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+
+
+def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optional[str] = None,
+                            format: str = "bsr", block: Sequence[int] = (4, 1),
+                            nm: Sequence[int] = (2, 4), bias: Optional[np.ndarray] = None,
+                            activation: str = "none", conv: bool = False,
+                            index_dtype=np.int32, prefix: Optional[str] = None):
+    """The ``graphprune.SparseMatMul`` (or ``SparseConv`` when ``conv``) node computing
+    ``act(input @ W + bias)`` and its initializers.
+
+    ``w`` is a dense ``[K, N]`` array (packed with ``format``/``block``/``nm``; mask it first) or
+    a :class:`SparseWeight`. Returns ``(node, initializers)``; the model needs the opset import
+    ``onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION)``.
+    """
+    from onnx import helper, numpy_helper
+
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    sw = w if isinstance(w, SparseWeight) else pack(w, format=format, block=block, nm=nm,
+                                                    index_dtype=index_dtype)
+    base = prefix or name or output_name
+    inits = [numpy_helper.from_array(np.asarray(sw.values, dtype=np.float32), f"{base}.values"),
+             numpy_helper.from_array(np.asarray(sw.indices), f"{base}.indices")]
+    inputs = [input_name, f"{base}.values", f"{base}.indices"]
+    if sw.row_ptr is not None:
+        inits.append(numpy_helper.from_array(np.asarray(sw.row_ptr), f"{base}.row_ptr"))
+        inputs.append(f"{base}.row_ptr")
+    else:
+        inputs.append("")
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float32).reshape(-1)
+        if b.size != sw.n:
+            raise ValueError(f"bias has {b.size} elements, W has n={sw.n} columns")
+        inits.append(numpy_helper.from_array(b, f"{base}.bias"))
+        inputs.append(f"{base}.bias")
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    attrs = sw.attributes()
+    if activation != "none":
+        attrs["activation"] = activation
+    node = helper.make_node("SparseConv" if conv else "SparseMatMul", inputs, [output_name],
+                            name=name or f"{base}.sparse", domain=DOMAIN, **attrs)
+    return node, inits
+
+
+def make_sparse_matmul_model(w, *, rows=None, name: str = "sparse_matmul", **kwargs):
+    """A one-node model ``Y = SparseMatMul(X)`` with ``X [rows, K]`` (``rows`` None: a symbolic
+    dimension), for tests and benchmarks. ``kwargs`` go to :func:`make_sparse_matmul_node`."""
+    from onnx import TensorProto, helper
+
+    sw = w if isinstance(w, SparseWeight) else pack(
+        w, format=kwargs.pop("format", "bsr"), block=kwargs.pop("block", (4, 1)),
+        nm=kwargs.pop("nm", (2, 4)), index_dtype=kwargs.pop("index_dtype", np.int32))
+    node, inits = make_sparse_matmul_node(sw, "X", "Y", name=name, **kwargs)
+    m = rows if rows is not None else "M"
+    graph = helper.make_graph(
+        [node], name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, sw.k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, sw.n])],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(DOMAIN, OPSET_VERSION)])

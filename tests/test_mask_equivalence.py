@@ -11,6 +11,7 @@ from graphprune import prune
 from graphprune.api import analyze_model
 from graphprune.surgery import apply_plan
 from graphprune.verify import random_inputs, run
+from models.attention import ATTENTION_BLOCKS
 from models.blocks import BLOCKS
 
 
@@ -46,3 +47,24 @@ def test_ratio_zero_keeps_outputs(name):
     result = prune(model, ratio=0.0, round_to=1)
     assert result.plan.groups == []
     assert result.report.fidelity.relative_error <= 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_BLOCKS))
+def test_attention_blocks_prune_heads_and_ffn_exactly(name):
+    """Whole heads (GQA: whole KV groups with their query heads) and FFN channels."""
+    model = ATTENTION_BLOCKS[name](0)
+    result = prune(model, ratio=0.4, head_ratio=0.5, round_to=1, verify=False)
+    _, analysis = analyze_model(model)
+    heads = [g for g in analysis.prunable if "heads" in g.tags]
+    if name != "swiglu_ffn":
+        assert heads, "the attention heads must form a prunable group"
+        planned = {g.key: g for g in result.plan.groups}
+        for g in heads:
+            assert len(planned[g.key].keep) == g.units - int(g.units * 0.5)
+    assert result.report.params_after < 0.75 * result.report.params_before
+
+    masked = _masked_reference(model, result.plan)
+    feeds = random_inputs(model, seed=1)
+    for want, have in zip(run(masked, feeds), run(result.model, feeds)):
+        assert have.shape == want.shape
+        assert float(np.abs(want - have).max()) <= 1e-4 * max(1.0, float(np.abs(want).max()))

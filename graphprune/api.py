@@ -50,6 +50,11 @@ class Report:
     macs_after: int = 0
     fidelity: Fidelity | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    criterion: str = ""  # the criterion that chose the channels (the plan's, when replayed)
+    calibration: str = ""  # where statistics came from: the --calib data, or "" for none
+    calibration_samples: int = 0  # calibration samples run through the model
+    compensation: str = ""  # "" (off), or what compensation used
+    compensated: list[dict] = field(default_factory=list)  # one entry per consumer updated
 
     @property
     def param_ratio(self) -> float:
@@ -72,6 +77,16 @@ class Report:
             f"(x{self.param_ratio:.3f})",
             f"MACs:   {self.macs_before:,} -> {self.macs_after:,} (x{self.mac_ratio:.3f})",
         ]
+        if self.criterion:
+            data = (f", calibration: {self.calibration_samples} samples from {self.calibration}"
+                    if self.calibration_samples else
+                    f", data-free statistics: {self.calibration}" if self.calibration else "")
+            lines.append(f"criterion: {self.criterion}{data}")
+        if self.compensation:
+            from .compensation import Compensated, summarize
+
+            done = summarize([Compensated(**c) for c in self.compensated])
+            lines.append(f"compensation ({self.compensation}): {done}")
         if self.fidelity is not None:
             f = self.fidelity
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
@@ -143,13 +158,20 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
           round_to: int = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
           plan: Plan | None = None, verify: bool = True, seed: int = 0,
           head_ratio: float | None = None, budget: Budget | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None, calib=None,
+          compensate: bool = False) -> PruneResult:
     """Prune coupled channels of an ONNX model.
 
     `ratio` is the fraction of channels removed from every prunable group, `head_ratio` the
     fraction of attention heads (default: `ratio`); `budget` replaces the per-group ratio by a
     model-wide target (see budget.Budget); `plan` replays a saved plan instead of scoring. Raises NothingToPruneError when no group can be pruned
     safely and UnsafeResultError when the result fails verification.
+
+    `calib` is calibration data: a folder or file of .npy/.npz arrays or images, arrays in
+    memory, or a calibration.CalibrationSet (which also sets the image preprocessing). Its
+    statistics feed the data-aware criteria (`activation` needs them; `obs` uses them) and
+    compensation. `compensate` folds the removed channels' contribution into the consumers
+    (bias; with `calib` also a least-squares re-fit; see compensation.py) before surgery.
     """
     say = progress or (lambda _msg: None)
     clock = _Clock()
@@ -185,8 +207,38 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     say("planning")
     # --- calibration hook (begin): data-aware criteria and compensation plug in here ---
+    from .calibration import as_calibration, collect_stats, data_free_stats
+    from .scoring import DATA_CRITERIA, STATS_CRITERIA
+
+    scoring = plan is None
+    if calib is None and scoring and criterion in DATA_CRITERIA:
+        raise UsageError(f"criterion '{criterion}' needs calibration data: pass --calib PATH "
+                         f"(a folder of .npy/.npz arrays or images)")
+    stats = None
+    wants_stats = compensate or (scoring and criterion in STATS_CRITERIA)
+    if calib is not None:
+        say("collecting calibration statistics")
+        calib_set = as_calibration(calib)
+        stats = collect_stats(graph, analysis, calib_set,
+                              gram=compensate or (scoring and criterion == "obs"), progress=say)
+        report.calibration, report.calibration_samples = calib_set.label, stats.samples
+        clock.lap(report, "calibrate")
+    elif wants_stats:
+        stats = data_free_stats(graph, analysis, model)
+        report.calibration = stats.source if stats.tensors else ""
+    if stats is not None and scoring and criterion in STATS_CRITERIA:
+        chooser = make_criterion(criterion, seed, stats=stats)
     if plan is None:
         plan = make_plan(analysis, graph, chooser, config)
+    report.criterion = plan.criterion
+    if compensate:
+        from .compensation import compensate as compensate_weights
+
+        say("compensating removed channels")
+        done = compensate_weights(graph, analysis, plan, stats)
+        report.compensated = [c.to_dict() for c in done]
+        report.compensation = ("least squares + bias, calibration data" if stats is not None
+                               and not stats.data_free else "bias, folded BatchNorm statistics")
     # --- calibration hook (end) ---
     report.skipped = dict(plan.skipped)
     clock.lap(report, "plan")

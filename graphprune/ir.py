@@ -152,31 +152,32 @@ class Graph:
         keep their input's shape we fill the gap ourselves and infer again, so the tensors
         after them get shapes too. `strict` raises on any inconsistency (used on results).
         """
-        unbound = {}
-        if bind_dynamic:
-            self._infer(False)
-            unbound = self.shapes
-        model = self._infer(bind_dynamic)
+        probe = {}
+        if bind_dynamic:  # a second binding tells which dims follow the dynamic ones
+            self._infer(_PROBE_STAND_INS)
+            probe = self.shapes
+        model = self._infer(_DYNAMIC_STAND_INS if bind_dynamic else None)
         self.bound = bind_dynamic
         self.dynamic = {}
-        if bind_dynamic:  # what the stand-ins made known is dynamic in truth
-            for name, dims in self.shapes.items():
-                before = unbound.get(name)
-                axes = frozenset(i for i in range(len(dims)) if before is None or
-                                 len(before) != len(dims) or before[i] is None)
-                if axes:
-                    self.dynamic[name] = axes
+        for name, dims in self.shapes.items():
+            other = probe.get(name)
+            if other is not None and len(other) == len(dims):
+                axes = frozenset(i for i, (d, e) in enumerate(zip(dims, other)) if d != e)
+            else:
+                axes = frozenset(range(len(dims))) if bind_dynamic else frozenset()
+            if axes:
+                self.dynamic[name] = axes
         if strict:
             onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
 
-    def _infer(self, bind_dynamic: bool) -> onnx.ModelProto:
+    def _infer(self, stand_ins: tuple | None) -> onnx.ModelProto:
         """One inference with gap filling into self.shapes; returns the model it inferred."""
         hints: list[onnx.ValueInfoProto] = []
         for _ in range(8):
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
-            if bind_dynamic:
-                _bind_dynamic_dims(model)
+            if stand_ins:
+                _bind_dynamic_dims(model, stand_ins)
             try:
                 inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
             except Exception:  # partial information is still useful
@@ -272,16 +273,17 @@ class Graph:
 # Stand-ins for dynamic dims during analysis, one per symbolic name: primes unlike real
 # channel counts, and small, because data propagation materialises Range(batch)-like values.
 _DYNAMIC_STAND_INS = (23, 29, 41, 43, 47, 53)
+_PROBE_STAND_INS = (31, 37, 59, 61, 67, 71)
 
 
-def _bind_dynamic_dims(model: onnx.ModelProto) -> None:
+def _bind_dynamic_dims(model: onnx.ModelProto, stand_ins: tuple) -> None:
     names: dict[str, int] = {}
     for vi in model.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             if not dim.HasField("dim_value"):
                 key = dim.dim_param or f"?{len(names)}"
                 if key not in names:
-                    names[key] = _DYNAMIC_STAND_INS[len(names) % len(_DYNAMIC_STAND_INS)]
+                    names[key] = stand_ins[len(names) % len(stand_ins)]
                 dim.dim_value = names[key]
 
 

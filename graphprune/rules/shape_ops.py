@@ -256,12 +256,14 @@ def reshape(node, port: Port, graph) -> Effect:
         return frozen(f"Reshape '{node.name}' has unknown shapes")
     mine, theirs = (din, dout) if port.side == "in" else (dout, din)
     a = port.axis
+    their_dynamic = graph.dynamic.get(node.output[0] if port.side == "in" else node.input[0],
+                                      frozenset())
     for b in range(len(theirs)):
         if not _prefix_match(mine[:a], theirs[:b]) or theirs[b] is None:
             continue
         for k in range(1, len(theirs) - b + 1):  # theirs[b:b+k] merged equals mine[a]?
             if None not in theirs[b:b + k] and math.prod(theirs[b:b + k]) == mine[a] and (
-                    k == 1 or theirs[b] > 1):
+                    k == 1 or (theirs[b] > 1 and b not in their_dynamic)):
                 pairs = None
                 if k > 1:  # my channel axis splits; their axis b is its high part
                     mine_idx = np.arange(mine[a])
@@ -269,11 +271,51 @@ def reshape(node, port: Port, graph) -> Effect:
                 return _reshape_effect(node, port, graph, (node.input[0] if port.side == "out"
                                                            else node.output[0], b), pairs)
         for k in range(2, len(mine) - a + 1):  # mine[a:a+k] merged equals theirs[b]?
-            if None not in mine[a:a + k] and math.prod(mine[a:a + k]) == theirs[b]:
+            if None not in mine[a:a + k] and math.prod(mine[a:a + k]) == theirs[b] and \
+                    b not in their_dynamic:
                 chan, feat = _merge_pairs(mine[a:a + k], 0)
                 return _reshape_effect(node, port, graph, (node.input[0] if port.side == "out"
                                                            else node.output[0], b), (chan, feat))
+    merged = _merged_with_batch(node, port, graph, mine, theirs)
+    if merged is not None:
+        return merged
     return frozen(f"Reshape '{node.name}' reshapes axis {a} in a way that has no rule")
+
+
+def _merged_with_batch(node, port, graph, mine, theirs) -> Effect | None:
+    """Heads folded into a dynamic batch axis ([B, H, S, D] <-> [B*H, S, D]), the way batched
+    attention is exported: head h is every element i of the merged axis with i % H == h.
+    The merged axis' target entry cannot name B*H' statically, so it must be derived at run
+    time (-1, 0, or computed from shapes); the heads entry is rewritten where it is literal."""
+    a = port.axis
+    me = node.input[0] if port.side == "in" else node.output[0]
+    them = node.output[0] if port.side == "in" else node.input[0]
+    my_dynamic, their_dynamic = graph.dynamic.get(me, ()), graph.dynamic.get(them, ())
+    for b in range(len(theirs)):
+        if theirs[b] is None:
+            continue
+        if a >= 1 and (a - 1) in my_dynamic and _prefix_match(mine[:a - 1], theirs[:b]) and \
+                mine[a - 1] is not None and theirs[b] == mine[a - 1] * mine[a]:
+            idx = np.arange(theirs[b])
+            link, other_axis = Link((them, b), (idx % mine[a], idx)), b
+            break
+        if b + 1 < len(theirs) and b in their_dynamic and _prefix_match(mine[:a], theirs[:b]) \
+                and theirs[b + 1] is not None and mine[a] == theirs[b] * theirs[b + 1]:
+            idx = np.arange(mine[a])
+            link, other_axis = Link((them, b + 1), (idx, idx % theirs[b + 1])), b + 1
+            break
+    else:
+        return None
+    heads_out = (node.output[0], other_axis) if port.side == "in" else (node.output[0], a)
+    effect = Effect(links=[link])
+    merged_output = len(graph.shape(node.output[0])) < len(graph.shape(node.input[0]))
+    value, setter = _target_entry(graph, node, heads_out[1])
+    if merged_output:  # the output holds B*H': its entry must come from the run time
+        if value is not None and value > 0:
+            return frozen(f"Reshape '{node.name}' fixes the merged batch×heads size")
+    elif value is not None and value > 0:
+        effect.fixups[f"reshape:{node.name}"] = lambda g, keep: setter(g, len(keep[heads_out]))
+    return effect
 
 
 def _reshape_effect(node, port, graph, other, pairs):

@@ -18,7 +18,7 @@ from .budget import Budget
 from .sensitivity import Sensitivity
 from .errors import GraphpruneError, UsageError
 from .policy import Plan
-from .scoring import CRITERIA
+from .scoring import CRITERIA, DATA_CRITERIA
 
 
 class _DefaultToPrune(click.Group):
@@ -65,7 +65,19 @@ def _run(fn):
               help="Where to write the pruned model [default: MODEL.pruned.onnx].")
 @click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="l2",
               show_default=True, help="Channel importance: L1/L2 magnitude over the whole "
-              "group, folded BatchNorm |gamma|, or random (a baseline).")
+              "group, folded BatchNorm |gamma|, random (a baseline), lamp, fpgm (filter "
+              "redundancy), obs (second-order; uses --calib if given) or activation "
+              "(|W|·‖X‖, needs --calib).")
+@click.option("--calib", "calib_path", type=click.Path(path_type=Path),
+              help="Calibration data: a folder (or file) of .npy/.npz arrays keyed by input "
+              "name, or of .jpg/.png images; feeds data-aware criteria and --compensate.")
+@click.option("--calib-preprocess", type=click.Choice(["imagenet", "unit", "raw"]),
+              default="imagenet", show_default=True,
+              help="How --calib images become NCHW float32: ImageNet mean/std, [0, 1], or "
+              "raw 0-255 (after resizing and centre-cropping to the input size).")
+@click.option("--compensate/--no-compensate", default=False, show_default=True,
+              help="Fold the removed channels' mean contribution into the next layer's bias "
+              "and, with --calib, re-fit its weights by least squares.")
 @click.option("--round-to", type=click.IntRange(min=1), default=DEFAULT_ROUND_TO,
               show_default=True, help="Kept channel counts are multiples of this "
               "(where a group is larger), which suits ONNX Runtime's kernels.")
@@ -94,7 +106,8 @@ def _run(fn):
               help="Seed for the random criterion and the verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
-def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude, global_rank,
+def prune_command(model, ratio, head_ratio, output, criterion, calib_path, calib_preprocess,
+                  compensate, round_to, exclude, global_rank,
                   target_flops, target_params, max_group_ratio, sensitivity_path, save_plan,
                   plan_path,
                   report_path, no_verify, seed, quiet, verbose):
@@ -118,10 +131,19 @@ def prune_command(model, ratio, head_ratio, output, criterion, round_to, exclude
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve():
             raise UsageError(f"-o {out}: refusing to overwrite the input model")
+        calib = None
+        if calib_path is not None:
+            from .calibration import CalibrationSet
+
+            calib = CalibrationSet(calib_path, preprocess=calib_preprocess)
+        elif criterion in DATA_CRITERIA and plan is None:
+            raise UsageError(f"--criterion {criterion} needs calibration data: pass --calib "
+                             f"PATH (a folder of .npy/.npz arrays or images)")
         result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to,
                        exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
                        head_ratio=head_ratio, budget=budget,
-                       progress=_progress(quiet, verbose))
+                       progress=_progress(quiet, verbose), calib=calib,
+                       compensate=compensate)
         write(result, out, source=model)
         if save_plan is not None:
             _write_text(save_plan, result.plan.to_json())

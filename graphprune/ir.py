@@ -171,8 +171,10 @@ class Graph:
             onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
 
     def _infer(self, stand_ins: tuple | None) -> onnx.ModelProto:
-        """One inference with gap filling into self.shapes; returns the model it inferred."""
+        """One inference with gap filling into self.shapes; returns the model it inferred.
+        With stand-ins, shapes still unknown are probed in ONNX Runtime (probe.py)."""
         hints: list[onnx.ValueInfoProto] = []
+        probed = False
         for _ in range(8):
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
@@ -184,10 +186,24 @@ class Graph:
                 inferred = onnx.shape_inference.infer_shapes(model)
             self._read_shapes(inferred)
             new_hints = self._shape_preserving_gaps()
+            if not new_hints and stand_ins and not probed:
+                probed = True
+                new_hints = self._probed_hints(stand_ins)
             if not new_hints:
                 break
             hints += new_hints
         return model
+
+    def _probed_hints(self, stand_ins: tuple) -> list[onnx.ValueInfoProto]:
+        from .probe import probe
+
+        unknown = [o for n in self.nodes for o in n.output if o and o not in self.weights and
+                   (self.shapes.get(o) is None or None in self.shapes[o])]
+        if not unknown:
+            return []
+        found = probe(self, stand_ins, unknown)
+        return [helper.make_tensor_value_info(name, self.dtypes[name], list(dims))
+                for name, dims in found.items()]
 
     def _read_shapes(self, inferred: onnx.ModelProto) -> None:
         self.shapes, self.dtypes = {}, {}

@@ -178,14 +178,14 @@ class FPGM:
             if project:
                 # project each row (one channel's filter) separately per slot, then add: the
                 # same as projecting the concatenation with a block-Gaussian matrix
+                if k == 1 and np.array_equal(units, np.arange(group.units)) and \
+                        np.array_equal(theirs, np.arange(rows.shape[0])):
+                    out += _sketch(rows, self.dims, rng)  # the usual case: no copies
+                    continue
                 for s_ in range(k):
                     pick = slot == s_
-                    if not pick.any():
-                        continue
-                    proj = rng.standard_normal((f, self.dims), dtype=np.float32)
-                    proj /= np.float32(np.sqrt(self.dims))
-                    part = rows[theirs[pick]].astype(np.float32, copy=False) @ proj
-                    out[units[pick]] += part  # a unit has one row per slot: no repeats
+                    if pick.any():  # a unit has one row per slot: no repeats
+                        out[units[pick]] += _sketch(rows[theirs[pick]], self.dims, rng)
             else:
                 cols = offset + slot[:, None] * f + np.arange(f)[None, :]
                 out[units[:, None], cols] = rows[theirs].astype(np.float64)
@@ -198,9 +198,14 @@ class FPGM:
             return Magnitude(2).score(group, graph)
         n = feats.shape[0]
         sq = np.einsum("ij,ij->i", feats, feats)
-        d2 = sq[:, None] + sq[None, :] - 2.0 * (feats @ feats.T)
-        np.maximum(d2, 0.0, out=d2)
-        dist = np.sqrt(d2, out=d2)
+        feats = feats.astype(np.float32)
+        sq = sq.astype(np.float32)
+        dist = feats @ feats.T  # in place from here: n² entries can be large
+        dist *= -2.0
+        dist += sq[:, None]
+        dist += sq[None, :]
+        np.maximum(dist, 0.0, out=dist)
+        np.sqrt(dist, out=dist)
         np.fill_diagonal(dist, 0.0)
         sums = dist.sum(axis=1)
         scores = np.empty(n)
@@ -210,6 +215,20 @@ class FPGM:
             sums -= dist[i]  # symmetric: a row is contiguous
             sums[i] = np.inf
         return scores
+
+
+def _sketch(rows: np.ndarray, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """Random projection of rows to `dims` columns: every input column gets a random sign and
+    input column j is added to output column j mod dims (a count sketch with a fixed, balanced
+    hash). Inner products, hence distances, are preserved in expectation as by a Gaussian
+    projection, at the cost of one contiguous pass over the weights."""
+    n, f = rows.shape
+    sign = rng.integers(0, 2, f).astype(np.float32) * 2 - 1
+    signed = rows.astype(np.float32, copy=False) * sign
+    whole = f - f % dims
+    out = signed[:, :whole].reshape(n, -1, dims).sum(axis=1, dtype=np.float64)
+    out[:, :f - whole] += signed[:, whole:]
+    return out
 
 
 def _as_rows(w: np.ndarray, axis: int) -> np.ndarray:

@@ -7,31 +7,27 @@ package) and an onnxruntime-transformers-optimized BERT (com.microsoft fused
 ops).  Exports are cached like ``models.zoo`` (same cache directory, file
 ``<name>.<exporter>.onnx``, verified before an atomic rename).
 
-=====================  ===================================================  =========================
-name                   architecture                                         inputs
-=====================  ===================================================  =========================
-bert                   BertModel, hidden 256, 4 layers, 4 heads, FFN 1024   input_ids, attention_mask
-distilbert             DistilBertModel, dim 256, 4 layers, 4 heads, 1024    input_ids, attention_mask
-gpt2                   GPT2Model, n_embd 256, 4 layers, 4 heads (causal)    input_ids, attention_mask
-llama                  LlamaModel, hidden 256, 4 layers, 8 heads, 2 KV      input_ids, attention_mask
-                       heads (GQA), SwiGLU 688, RoPE, RMSNorm
-vit                    ViTModel, hidden 192, 4 layers, 3 heads, FFN 768,    pixel_values
-                       image 224, patch 16
-minilm                 all-MiniLM-L6-v2 (BertModel, 384, 6 layers, 12       input_ids, attention_mask
-                       heads, FFN 1536), real trained weights
-bert_ort_optimized     ``bert`` (same weights) with eager attention,        input_ids, attention_mask
-                       exported, then passed through
-                       ``onnxruntime.transformers.optimizer`` (bert, 4
-                       heads, hidden 256): fused com.microsoft ops (all of
-                       them with the legacy exporter, see _export_optimized)
-=====================  ===================================================  =========================
+* ``bert``: BertModel, hidden 256, 4 layers, 4 heads, FFN 1024;
+* ``distilbert``: DistilBertModel, dim 256, 4 layers, 4 heads, FFN 1024;
+* ``gpt2``: GPT2Model, n_embd 256, 4 layers, 4 heads (causal, Conv1D as Gemm);
+* ``llama``: LlamaModel, hidden 256, 4 layers, 8 heads, 2 KV heads (GQA),
+  SwiGLU 688, RoPE, RMSNorm;
+* ``vit``: ViTModel, hidden 192, 4 layers, 3 heads, FFN 768, image 224, patch 16;
+* ``minilm``: all-MiniLM-L6-v2 (BertModel, hidden 384, 6 layers, 12 heads,
+  FFN 1536) with its real trained weights;
+* ``bert_ort_optimized``: ``bert`` (same weights) with eager attention,
+  exported, then passed through ``onnxruntime.transformers.optimizer``
+  (bert, 4 heads, hidden 256): fused com.microsoft ops (all of them only
+  with the legacy exporter, see ``_export_optimized``).
 
+Inputs: ``input_ids`` and ``attention_mask`` for the text models,
+``pixel_values`` for ViT (``input_names``, ``model_inputs``).
 Text inputs are int64 ``[batch, seq]`` (exported with seq 128; batch and seq
 are dynamic axes), ``pixel_values`` is float32 ``[batch, 3, 224, 224]``; the
 one output is ``last_hidden_state`` ``[batch, seq|197, hidden]``.  Pooler
 heads are left out.  HF initialises every bias to 0 and every norm weight to
-1, and the dynamo exporter merges identical initializers into one shared
-tensor across layers; so that the exports look like trained models (one
+1; the dynamo exporter then merges identical initializers into one tensor
+shared across layers (and the legacy one links them with Identity nodes); so that the exports look like trained models (one
 distinct tensor per weight) the random models get small seeded noise on
 every parameter that has the same value everywhere.
 

@@ -15,11 +15,6 @@
 namespace graphprune {
 namespace {
 
-constexpr int kTileCols = 16;          // output columns per epilogue/store tile
-constexpr int64_t kTaskWork = 1 << 16; // multiply-add lanes per parallel task, roughly
-constexpr int64_t kMaxTasks = 256;
-constexpr int64_t kChunkBytes = 384 * 1024;  // keep one packed X chunk within L2
-
 int64_t env_int(const char* name, int64_t dflt) {
   const char* s = std::getenv(name);
   if (s == nullptr || *s == '\0') return dflt;
@@ -27,6 +22,13 @@ int64_t env_int(const char* name, int64_t dflt) {
   long long v = std::strtoll(s, &end, 10);
   return (end && *end == '\0') ? static_cast<int64_t>(v) : dflt;
 }
+
+constexpr int kTileCols = 16;          // output columns per epilogue/store tile
+constexpr int64_t kTaskWork = 1 << 16; // multiply-add lanes per parallel task, roughly
+constexpr int64_t kMaxTasks = 256;
+const int64_t kChunkBytes = env_int("GP_CHUNK_KB", 384) * 1024;  // keep one packed X chunk within L2
+const int64_t kOrder = env_int("GP_ORDER", 0);
+
 
 // M at or below which a row-major product uses the row path (vectorised along the blocks).
 const int64_t kRowPathMaxM = env_int("GRAPHPRUNE_KERNELS_ROW_MAX_M", 2);
@@ -38,6 +40,7 @@ struct XTJob {
   int64_t mb = 0, nchunks = 0, chunks_per_image = 1;
   float* xt = nullptr;
   const int64_t* range_start = nullptr;
+  int64_t nranges = 1;
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {
@@ -269,6 +272,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
       std::max<int64_t>(1, std::min<int64_t>((ntasks + job.nchunks - 1) / job.nchunks, w.nbc));
   balanced_ranges(w, nranges, &ranges);
   job.range_start = ranges.data();
+  job.nranges = nranges;
   run_tasks(par, static_cast<size_t>(job.nchunks * nranges), isa.compute, &job);
 }
 

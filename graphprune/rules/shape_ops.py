@@ -201,16 +201,33 @@ def _prefix_match(a: list, b: list) -> bool:
     return math.prod(a) == math.prod(b)
 
 
+RUNTIME = -2  # a target entry read from tensor shapes at run time: it follows the pruning
+
+
+def _from_shapes(graph, tensor: str, depth: int = 0) -> bool:
+    """True when `tensor` is computed only from Shape ops and constants: after constant
+    folding, such a value can only come from the run-time shapes of the tensors it reads."""
+    if graph.const(tensor) is not None:
+        return True
+    node = graph.producer(tensor)
+    if node is None or depth > 24:
+        return False
+    if node.op_type == "Shape":
+        return True
+    return all(_from_shapes(graph, name, depth + 1) for name in node.input if name)
+
+
 def _target_entry(graph, node, position: int):
-    """Reshape target entry `position`: (value, setter) when it is a compile-time constant,
-    also inside a Concat of pieces (legacy exports build [batch, C, H, W] from Shape ops);
-    (None, None) when it is computed at run time."""
+    """Reshape/Expand target entry `position`: (value, setter) when it is a compile-time
+    constant, also inside a Concat of pieces (legacy exports build [batch, C, H, W] from Shape
+    ops); (RUNTIME, None) when it is derived from shapes at run time; (None, None) when it is
+    computed some other way."""
     target = graph.const(node.input[1])
     if target is not None:
         return int(target[position]), _entry_setter(node, 1, position)
     concat = graph.producer(node.input[1])
     if concat is None or concat.op_type != "Concat":
-        return None, None
+        return (RUNTIME, None) if _from_shapes(graph, node.input[1]) else (None, None)
     offset = 0
     for i, piece in enumerate(concat.input):
         shape = graph.shape(piece)
@@ -219,7 +236,7 @@ def _target_entry(graph, node, position: int):
         if offset <= position < offset + shape[0]:
             value = graph.const(piece)
             if value is None:
-                return None, None
+                return (RUNTIME, None) if _from_shapes(graph, piece) else (None, None)
             return int(value[position - offset]), _entry_setter(concat, i, position - offset)
         offset += shape[0]
     return None, None
@@ -357,7 +374,8 @@ def _channel_shuffle(node, port, graph) -> Effect | None:
 
     def fix(graph, keep, first=first, last=last, src=src):
         kept = len(keep[src])
-        _target_entry(graph, first, 2)[1](graph, kept // groups)
+        if inner > 0:
+            _target_entry(graph, first, 2)[1](graph, kept // groups)
         if outer > 0:
             _target_entry(graph, last, 1)[1](graph, kept)
 

@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,12 +57,12 @@ marks = []
 def progress(msg):
     marks.append([msg, time.perf_counter(), rss_mb(), hwm_mb()])
 try:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     result = graphprune.prune(PATH, ratio=RATIO, verify=VERIFY, progress=progress)
     t_prune = time.perf_counter()
     marks.append(["<write>", t_prune, rss_mb(), hwm_mb()])
     graphprune.write(result, OUT)
-    t_end = time.perf_counter()
+    t_end, c_end = time.perf_counter(), time.process_time()
     marks.append(["<end>", t_end, rss_mb(), hwm_mb()])
 except Exception as err:
     emit({"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
@@ -76,7 +77,7 @@ trace = [{"step": re.sub(r"\d+", "N", re.sub(r"\S*/\S*", "", m[0])).strip(),
           "s": marks[i + 1][1] - m[1], "rss_end_mb": marks[i + 1][2],
           "peak_end_mb": marks[i + 1][3], "peak_growth_mb": marks[i + 1][3] - m[3]}
          for i, m in enumerate(marks[:-1])]
-emit({"ok": True, "total_s": t_end - t, "prune_s": t_prune - t, "write_s": t_end - t_prune,
+emit({"ok": True, "total_s": t_end - t, "total_cpu_s": c_end - c, "prune_s": t_prune - t, "write_s": t_end - t_prune,
       "seconds": dict(rep.seconds, write=t_end - t_prune), "import_s": import_s,
       "baseline_rss_mb": base_rss, "baseline_peak_mb": base_peak, "peak_mb": peak_mb(),
       "hwm_mb": hwm_mb(),
@@ -117,7 +118,7 @@ try:
     out["ignored_layer"] = heads[-1][0]
     params_before = sum(p.numel() for p in model.parameters())
     stage = "dependency graph"
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
                                   pruning_ratio=RATIO, ignored_layers=[heads[-1][1]])
     out["dg_build_s"] = time.perf_counter() - t
@@ -126,13 +127,14 @@ try:
     pruner.step()
     out["step_s"] = time.perf_counter() - t
     out["prune_s"] = out["dg_build_s"] + out["step_s"]
+    out["prune_cpu_s"] = time.process_time() - c
     out["peak_after_prune_mb"] = peak_mb()
     out["param_ratio"] = sum(p.numel() for p in model.parameters()) / params_before
     stage = f"{EXPORTER} export"
     model.eval()
     io = {"input_names": ["input"], "output_names": ["output"],
           "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
         if EXPORTER == "legacy":
             torch.onnx.export(model, (example,), OUT, dynamo=False, opset_version=17, **io)
@@ -140,7 +142,9 @@ try:
             program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, **io)
             program.save(OUT, external_data=False)
     out["export_s"] = time.perf_counter() - t
+    out["export_cpu_s"] = time.process_time() - c
     out["total_s"] = out["prune_s"] + out["export_s"]
+    out["total_cpu_s"] = out["prune_cpu_s"] + out["export_cpu_s"]
     out["peak_mb"], out["hwm_mb"] = peak_mb(), hwm_mb()
     out["out_bytes"] = os.path.getsize(OUT)
     out["ok"] = True
@@ -181,6 +185,48 @@ else:
 '''
 
 
+class Quiet:
+    """Before each measurement, wait (bounded) until other processes leave a core free.
+
+    The machine is shared: with two cores, one busy neighbour doubles a timing.  Each run
+    records the busy-core reading it started under (``busy_cores_before``) either way.
+    """
+
+    def __init__(self, threshold: float = 0.7, max_wait: float = 30.0, budget: float = 900.0):
+        self.threshold, self.max_wait, self.budget = threshold, max_wait, budget
+        self.total = 0.0
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system irq softirq steal (idle and iowait left out)
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
+
+    def busy_cores(self, seconds: float) -> float | None:
+        a = self._busy_seconds()
+        time.sleep(seconds)
+        b = self._busy_seconds()
+        return None if a is None or b is None else (b - a) / seconds
+
+    def wait(self) -> tuple[float, float | None]:
+        t0 = time.perf_counter()
+        limit = min(self.max_wait, max(0.0, self.budget - self.total))
+        busy = self.busy_cores(0.3)
+        while busy is not None and busy >= self.threshold and time.perf_counter() - t0 < limit:
+            busy = self.busy_cores(1.0)
+        waited = time.perf_counter() - t0
+        self.total += waited
+        return waited, busy
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIET = Quiet()
+
+
 def peak(run: dict) -> float:
     """The child's peak RSS: ru_maxrss, unless the parent's RSS at fork inflated it.
 
@@ -213,9 +259,11 @@ def gp_runs(path: Path, verify: bool, repeats: int, workdir: Path) -> list[dict]
     runs = []
     for i in range(repeats):
         out = workdir / f"gp_{path.stem}_{int(verify)}_{i}.onnx"
+        waited, busy = QUIET.wait()
         run = run_child(child_code(GP_CHILD, PATH=str(path), OUT=str(out), RATIO=RATIO,
                                    VERIFY=verify), GP_TIMEOUT)
         out.unlink(missing_ok=True)
+        run["busy_cores_before"], run["waited_s"] = busy, waited
         runs.append(run)
         log(f"  graphprune verify={verify} #{i + 1}: " + (
             f"{run['total_s']:.3f} s, peak {peak(run):.0f} MiB" if run["ok"]
@@ -240,6 +288,8 @@ def gp_summary(runs: list[dict], file_bytes: int) -> dict:
     return {"ok": True, "n": len(good), "failed": len(runs) - len(good),
             "total_s": median([r["total_s"] for r in good]),
             "total_s_all": [r["total_s"] for r in good],
+            "total_cpu_s": median([r.get("total_cpu_s") for r in good]),
+            "busy_cores_before": [r.get("busy_cores_before") for r in runs],
             "seconds": stages, "step_seconds": step_s, "step_peak_growth_mb": growth,
             "import_s": median([r["import_s"] for r in good]),
             "baseline_rss_mb": median([r["baseline_rss_mb"] for r in good]),
@@ -256,9 +306,11 @@ def tp_runs(name: str, exporter: str, repeats: int, workdir: Path) -> list[dict]
     runs = []
     for i in range(repeats):
         out = workdir / f"tp_{name}_{exporter}_{i}.onnx"
+        waited, busy = QUIET.wait()
         run = run_child(child_code(TP_CHILD, NAME=name, OUT=str(out), RATIO=RATIO,
                                    EXPORTER=exporter), TP_TIMEOUT)
         out.unlink(missing_ok=True)
+        run["busy_cores_before"], run["waited_s"] = busy, waited
         runs.append(run)
         log(f"  torch-pruning + {exporter} export #{i + 1}: " + (
             f"prune {run['prune_s']:.2f} s, export {run['export_s']:.2f} s, "
@@ -271,9 +323,11 @@ def tp_summary(runs: list[dict]) -> dict:
     if not good:
         return {"ok": False, "error": runs[0].get("error") if runs else "not run"}
     keys = ("build_s", "dg_build_s", "step_s", "prune_s", "export_s", "total_s", "import_s",
+            "prune_cpu_s", "export_cpu_s", "total_cpu_s",
             "baseline_rss_mb", "peak_after_prune_mb")
     summary = {k: median([r.get(k) for r in good]) for k in keys}
     summary["peak_mb"] = median([peak(r) for r in good])
+    summary["busy_cores_before"] = [r.get("busy_cores_before") for r in runs]
     summary["peak_minus_baseline_mb"] = median([peak(r) - r["baseline_rss_mb"] for r in good])
     summary["peak_inflated_by_parent"] = any(r.get("peak_inflated_by_parent") for r in good)
     for k in ("param_ratio", "mac_ratio", "out_bytes", "ignored_layer", "ort_max_abs_diff",
@@ -317,6 +371,8 @@ def measure(model: str, repeats: int, tp_repeats: int, workdir: Path, skip_tp: b
         row["torch_pruning"][exporter] = tp
         if tp["ok"] and row["graphprune"]["ok"]:
             tp["gp_over_tp"] = row["graphprune"]["total_s"] / tp["total_s"]
+            if row["graphprune"].get("total_cpu_s") and tp.get("total_cpu_s"):
+                tp["gp_over_tp_cpu"] = row["graphprune"]["total_cpu_s"] / tp["total_cpu_s"]
             if row["graphprune_no_verify"]["ok"]:
                 tp["gp_no_verify_over_tp"] = row["graphprune_no_verify"]["total_s"] / tp["total_s"]
     return row
@@ -328,10 +384,22 @@ def _f(value, fmt="{:.2f}", none="—"):
     return none if value is None else fmt.format(value)
 
 
+def _busy_note(rows: list[dict]) -> str:
+    readings = [b for row in rows for key in ("graphprune", "graphprune_no_verify")
+                for b in (row.get(key) or {}).get("busy_cores_before") or [] if b is not None]
+    readings += [b for row in rows for t in (row.get("torch_pruning") or {}).values()
+                 for b in t.get("busy_cores_before") or [] if b is not None]
+    if not readings:
+        return ""
+    return (f"Other load when runs started: median {statistics.median(readings):.1f}, max "
+            f"{max(readings):.1f} busy cores of {os.cpu_count()}.")
+
+
 def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
     main = ["| model | file MiB | gp s | gp s (no verify) | gp peak MiB | gp peak−base MiB "
             "| ÷ file | TP prune s | TP export s legacy / dynamo | TP peak−base MiB legacy / "
-            "dynamo | gp ÷ TP legacy | gp ÷ TP dynamo | params kept gp / TP |",
+            "dynamo | gp ÷ TP wall legacy / dynamo | gp ÷ TP CPU legacy / dynamo "
+            "| params kept gp / TP |",
             "|" + "---|" * 13]
     stage_names: list[str] = []
     for row in rows:
@@ -376,7 +444,9 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
             f"{_f(tpd.get('export_s'), none='failed' if tpd else 'n/a')}",
             f"{_f(tpl.get('peak_minus_baseline_mb'), '{:.0f}', '—')} / "
             f"{_f(tpd.get('peak_minus_baseline_mb'), '{:.0f}', '—')}",
-            _f(tpl.get("gp_over_tp"), "{:.3f}"), _f(tpd.get("gp_over_tp"), "{:.3f}"),
+            f"{_f(tpl.get('gp_over_tp'), '{:.3f}')} / {_f(tpd.get('gp_over_tp'), '{:.3f}')}",
+            f"{_f(tpl.get('gp_over_tp_cpu'), '{:.3f}')} / "
+            f"{_f(tpd.get('gp_over_tp_cpu'), '{:.3f}')}",
             f"{_f(gp.get('param_ratio'))} / "
             f"{_f(tpl.get('param_ratio') or tpd.get('param_ratio'))}",
         ]) + " |")
@@ -394,7 +464,9 @@ def tables(rows: list[dict], repeats: int, tp_repeats: int) -> str:
              f"then `torch.onnx.export`, {tp_repeats} run(s) per exporter"
              + (" (once: each run takes long)" if tp_repeats == 1 else "")
              + ". Imports excluded. peak−base = ru_maxrss − RSS after imports. "
-             "gp ÷ TP = graphprune total / (TP prune + export), same run.", ""]
+             "gp ÷ TP = graphprune total / (TP prune + export), same run, in wall seconds and "
+             "in process CPU seconds (all threads; less sensitive to a busy machine). "
+             + _busy_note(rows), ""]
     lines += main + ["", "graphprune `report.seconds` (median, verify run) and the step (as "
                      "named by its progress message) that raised peak RSS most:", ""] + stages
     target = next((r for r in rows if r["model"] == "resnet50" and r.get("graphprune", {})
@@ -430,7 +502,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tp-repeats", type=int, default=3,
                         help="Torch-Pruning runs per model and exporter")
     parser.add_argument("--skip-tp", action="store_true", help="graphprune only")
+    parser.add_argument("--max-wait", type=float, default=30.0,
+                        help="seconds to wait for a quiet machine before each run")
+    parser.add_argument("--max-wait-total", type=float, default=900.0,
+                        help="total seconds of such waiting")
     args = parser.parse_args(argv)
+    QUIET.max_wait, QUIET.budget = args.max_wait, args.max_wait_total
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     known = set(TORCHVISION_MODELS) | {LIGHT_PREFIX + m for m in LIGHT_MODELS}
     if set(models) - known:
@@ -451,7 +528,8 @@ def main(argv=None) -> int:
                   f"(start: {git_at_start}); rows may measure different graphprune code.")
     write_results("compile", rows, table, args.out,
                   extra={"ratio": RATIO, "repeats": args.repeats, "tp_repeats": args.tp_repeats,
-                         "parent_peak_mb": _parent_peak_mb(), "git_at_start": git_at_start})
+                         "parent_peak_mb": _parent_peak_mb(), "git_at_start": git_at_start,
+                         "quiet_wait_total_s": QUIET.total})
     (Path(args.out) / "compile.partial.json").unlink(missing_ok=True)
     return 0
 

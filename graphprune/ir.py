@@ -175,7 +175,7 @@ class Graph:
         With stand-ins, shapes still unknown are probed in ONNX Runtime (probe.py)."""
         hints: list[onnx.ValueInfoProto] = []
         probed = False
-        for _ in range(8):
+        for _ in range(64):  # each round can uncover one more fused op per layer
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
             if stand_ins:
@@ -195,13 +195,13 @@ class Graph:
         return model
 
     def _probed_hints(self, stand_ins: tuple) -> list[onnx.ValueInfoProto]:
-        from .probe import probe
+        from .probe import probed_shapes
 
         unknown = [o for n in self.nodes for o in n.output if o and o not in self.weights and
                    (self.shapes.get(o) is None or None in self.shapes[o])]
         if not unknown:
             return []
-        found = probe(self, stand_ins, unknown)
+        found = probed_shapes(self, stand_ins, unknown)
         return [helper.make_tensor_value_info(name, self.dtypes[name], list(dims))
                 for name, dims in found.items()]
 
@@ -234,6 +234,15 @@ class Graph:
                 if w is None and not sizes:
                     continue
                 dims = dims[:2] + [int(sizes[0][2]) if sizes and sizes[0] else w.shape[1] // 3]
+            elif node.op_type == "EmbedLayerNormalization" and node.domain == "com.microsoft":
+                table = self.weights.get(node.input[2]) if len(node.input) > 2 else None
+                if table is None or len(dims) != 2:
+                    continue
+                dims = dims + [table.shape[1]]
+                dtype = helper.np_dtype_to_tensor_dtype(table.dtype)
+                hints.append(helper.make_tensor_value_info(
+                    out, dtype, [d if d is not None else "?" for d in dims]))
+                continue
             elif node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
                 value = self.shapes.get(node.input[2]) if len(node.input) > 2 else None
                 if value is None or len(value) != 3:

@@ -113,9 +113,10 @@ def _excluded(group: Group, exclude: tuple[str, ...]) -> str | None:
     return next((e for e in exclude if e in names), None)
 
 
-def kept_count(n: int, ratio: float, round_to: int) -> int:
-    """Channels to keep out of n: never zero, a multiple of round_to where n allows."""
-    keep = n - int(n * ratio)
+def kept_count(n: int, ratio: float, round_to: int, nearest: bool = False) -> int:
+    """Channels to keep out of n: never zero, a multiple of round_to where n allows.
+    The number removed is rounded down, or to the nearest (heads: 40 % of 2 KV groups is 1)."""
+    keep = n - (int(n * ratio + 0.5) if nearest else int(n * ratio))
     if round_to > 1 and n > round_to:
         keep = max(round_to, int(round(keep / round_to)) * round_to)
     return max(1, min(n, keep))
@@ -124,7 +125,8 @@ def kept_count(n: int, ratio: float, round_to: int) -> int:
 def select(group: Group, scores: np.ndarray, ratio: float, round_to: int) -> np.ndarray:
     """Kept unit ids of one group, honouring its block structure and non-empty members."""
     if group.blocks is None:
-        keep = _top(scores, np.arange(group.units), kept_count(group.units, ratio, round_to))
+        count = kept_count(group.units, ratio, round_to, nearest="heads" in group.tags)
+        keep = _top(scores, np.arange(group.units), count)
     elif group.block_mode == "whole":
         n_blocks, per = group.blocks.shape
         block_scores = scores[group.blocks].sum(axis=1)

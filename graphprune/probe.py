@@ -15,8 +15,9 @@ from onnx import helper, numpy_helper
 _MAX_PROBE_WEIGHT_BYTES = 16 * 1024**2
 
 
-def probe(graph, stand_ins: tuple, targets: list[str]) -> dict[str, tuple]:
-    """Concrete shapes of `targets` with the graph's dynamic input dims set to `stand_ins`."""
+def probe(graph, stand_ins: tuple, targets: list[str]) -> dict[str, np.ndarray]:
+    """Values of `targets` with the graph's dynamic input dims set to `stand_ins` (targets
+    that would need heavy weights to compute are left out)."""
     import onnxruntime as ort
 
     nodes, targets, shape_values = _light_closure(graph, targets)
@@ -58,7 +59,51 @@ def probe(graph, stand_ins: tuple, targets: list[str]) -> dict[str, tuple]:
         values = sess.run(targets, feeds)
     except Exception:  # the probe is a best effort; unknown shapes stay unknown
         return {}
-    return {t: tuple(v.shape) for t, v in zip(targets, values)}
+    return dict(zip(targets, values))
+
+
+def probed_shapes(graph, stand_ins: tuple, unknown: list[str]) -> dict[str, tuple]:
+    """Shapes of `unknown` tensors. For Reshape and Expand, whose data input is usually heavy
+    to compute but already has a known shape, the small target value is probed instead and
+    the output shape derived from it."""
+    direct, derived = [], {}
+    for name in unknown:
+        node = graph.producer(name)
+        data = graph.shape(node.input[0]) if node is not None and node.input else None
+        if node is not None and node.op_type in ("Reshape", "Expand") and data is not None \
+                and None not in data and len(node.input) > 1:
+            derived[name] = (node, data)
+        else:
+            direct.append(name)
+    values = probe(graph, stand_ins, direct + sorted({n.input[1] for n, _ in derived.values()}))
+    shapes = {name: tuple(values[name].shape) for name in direct if name in values}
+    for name, (node, data) in derived.items():
+        target = values.get(node.input[1])
+        if target is not None:
+            shape = _reshaped(data, target) if node.op_type == "Reshape" else \
+                _broadcast(data, target)
+            if shape is not None:
+                shapes[name] = shape
+    return shapes
+
+
+def _reshaped(data, target) -> tuple | None:
+    dims = [int(d) for d in target.reshape(-1)]
+    dims = [data[i] if d == 0 and i < len(data) else d for i, d in enumerate(dims)]
+    total = int(np.prod(data))
+    if dims.count(-1) == 1:
+        known = int(np.prod([d for d in dims if d != -1]))
+        if known == 0 or total % known:
+            return None
+        dims[dims.index(-1)] = total // known
+    return tuple(dims) if int(np.prod(dims)) == total else None
+
+
+def _broadcast(data, target) -> tuple | None:
+    try:
+        return tuple(np.broadcast_shapes(tuple(data), tuple(int(d) for d in target.reshape(-1))))
+    except ValueError:
+        return None
 
 
 def _light_closure(graph, targets: list[str]):

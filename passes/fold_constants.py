@@ -65,7 +65,8 @@ class FoldConstants:
             return None
         if node.op_type == "Shape":
             return self._fold_shape(graph, node)
-        if node.op_type == "Gather" and node.input[1] in graph.weights:
+        if node.op_type in ("Gather", "Slice") and len(node.input) > 1 and \
+                all(n in graph.weights for n in node.input[1:] if n):
             picked = self._fold_static_dims(graph, node)
             if picked is not None:
                 return picked
@@ -103,24 +104,40 @@ class FoldConstants:
         return {node.output[0]: np.array(shape[start:end], dtype=np.int64)}
 
     def _fold_static_dims(self, graph: Graph, node: onnx.NodeProto) -> dict | None:
-        """Gather(Shape(x), i) where dim i of x is static, even if another dim (the batch) is
-        dynamic: legacy exports compute Reshape targets this way."""
+        """Gather(Shape(x), i) or Slice(Shape(x), ...) picking only static dims of x, even if
+        another dim (the batch) is dynamic: legacy exports compute Reshape targets this way."""
         shape_node = graph.producer(node.input[0])
-        if shape_node is None or shape_node.op_type != "Shape" or \
-                any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        if shape_node is None or shape_node.op_type != "Shape":
             return None
         shape = graph.static_dims(shape_node.input[0])
         if shape is None:
             return None
         attrs = {a.name: a.i for a in shape_node.attribute}
-        dims = list(shape)[attrs.get("start", 0):attrs.get("end", len(shape))]
-        index = np.asarray(graph.weights[node.input[1]])
-        if index.size == 0 or index.min() < -len(dims) or index.max() >= len(dims):
+        dims = np.asarray(list(shape)[attrs.get("start", 0):attrs.get("end", len(shape))],
+                          dtype=object)
+        try:
+            if node.op_type == "Gather":
+                if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+                    return None
+                index = np.asarray(graph.weights[node.input[1]])
+                if index.size == 0 or index.min() < -len(dims) or index.max() >= len(dims):
+                    return None
+                picked = dims[index]
+            else:  # Slice on the 1-D shape vector
+                params = [graph.weights[n] if n else None for n in node.input[1:5]]
+                starts, ends = int(params[0].reshape(-1)[0]), int(params[1].reshape(-1)[0])
+                step = 1 if len(params) < 4 or params[3] is None else \
+                    int(params[3].reshape(-1)[0])
+                if (len(params) > 2 and params[2] is not None and
+                        int(params[2].reshape(-1)[0]) not in (0, -1)) or \
+                        params[0].size != 1 or step == 0:
+                    return None
+                picked = dims[slice(starts, ends, step)]
+        except (IndexError, ValueError):
             return None
-        picked = np.asarray(dims, dtype=object)[index]
         if any(d is None for d in np.ravel(picked)):
             return None
-        return {node.output[0]: np.asarray(picked, dtype=np.int64).reshape(index.shape)}
+        return {node.output[0]: np.asarray(picked, dtype=np.int64).reshape(np.shape(picked))}
 
     def _too_big_before(self, graph: Graph, node: onnx.NodeProto) -> bool:
         """Refuse before evaluating when the result size is already known to exceed the cap

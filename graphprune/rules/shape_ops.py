@@ -204,42 +204,61 @@ def _prefix_match(a: list, b: list) -> bool:
 RUNTIME = -2  # a target entry read from tensor shapes at run time: it follows the pruning
 
 
-def _from_shapes(graph, tensor: str, depth: int = 0) -> bool:
-    """True when `tensor` is computed only from Shape ops and constants: after constant
-    folding, such a value can only come from the run-time shapes of the tensors it reads."""
-    if graph.const(tensor) is not None:
-        return True
-    node = graph.producer(tensor)
-    if node is None or depth > 24:
-        return False
-    if node.op_type == "Shape":
-        return True
-    return all(_from_shapes(graph, name, depth + 1) for name in node.input if name)
-
-
 def _target_entry(graph, node, position: int):
     """Reshape/Expand target entry `position`: (value, setter) when it is a compile-time
     constant, also inside a Concat of pieces (legacy exports build [batch, C, H, W] from Shape
-    ops); (RUNTIME, None) when it is derived from shapes at run time; (None, None) when it is
-    computed some other way."""
-    target = graph.const(node.input[1])
-    if target is not None:
-        return int(target[position]), _entry_setter(node, 1, position)
-    concat = graph.producer(node.input[1])
-    if concat is None or concat.op_type != "Concat":
-        return (RUNTIME, None) if _from_shapes(graph, node.input[1]) else (None, None)
+    ops); (RUNTIME, None) when it is a scalar read from shapes at run time; (None, None) when
+    it is computed some other way."""
+    owner, index = node, 1
+    while True:  # see through value-preserving wrappers of the target vector
+        target = graph.const(owner.input[index])
+        if target is not None:
+            return int(target.reshape(-1)[position]), _entry_setter(owner, index, position)
+        producer = graph.producer(owner.input[index])
+        if producer is None:
+            return None, None
+        if producer.op_type == "Concat":
+            break
+        if producer.op_type in ("Cast", "Identity") or (
+                producer.op_type == "Reshape" and graph.rank(producer.input[0]) == 1):
+            owner, index = producer, 0
+        elif _is_minus_one_guard(graph, producer):  # Where(x == -1, 1, x): Expand's idiom
+            owner, index = producer, 2
+        else:
+            return None, None
     offset = 0
-    for i, piece in enumerate(concat.input):
+    for i, piece in enumerate(producer.input):
         shape = graph.shape(piece)
         if shape is None or len(shape) != 1 or shape[0] is None:
             return None, None
         if offset <= position < offset + shape[0]:
             value = graph.const(piece)
             if value is None:
-                return (RUNTIME, None) if _from_shapes(graph, piece) else (None, None)
-            return int(value[position - offset]), _entry_setter(concat, i, position - offset)
+                return (RUNTIME, None) if _scalar_from_shape(graph, piece) else (None, None)
+            return int(value[position - offset]), _entry_setter(producer, i, position - offset)
         offset += shape[0]
     return None, None
+
+
+def _is_minus_one_guard(graph, node) -> bool:
+    if node.op_type != "Where" or len(node.input) != 3:
+        return False
+    cond = graph.producer(node.input[0])
+    ones = graph.const(node.input[1])
+    return cond is not None and cond.op_type == "Equal" and ones is not None and \
+        cond.input[0] == node.input[2] and bool(np.all(ones == 1))
+
+
+def _scalar_from_shape(graph, tensor: str) -> bool:
+    """A one-element piece that is one dim of a run-time shape (Unsqueeze(Gather(Shape(x))),
+    possibly through casts): it follows whatever pruning did to x."""
+    node = graph.producer(tensor)
+    while node is not None and node.op_type in ("Unsqueeze", "Cast", "Squeeze", "Reshape",
+                                                 "Identity"):
+        node = graph.producer(node.input[0])
+    if node is not None and node.op_type == "Gather":
+        node = graph.producer(node.input[0])
+    return node is not None and node.op_type == "Shape"
 
 
 def _entry_setter(owner, input_index: int, position: int):

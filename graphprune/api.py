@@ -5,6 +5,7 @@ Data flows one way; each stage lives in its own module and this one only wires t
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,13 +93,14 @@ class Report:
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
             lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "
                          f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}")
-        reasons: dict[str, int] = {}
+        kinds: dict[str, list[str]] = {}  # reasons alike but for the names they quote
         for _, reason in self.frozen:
-            reasons[reason] = reasons.get(reason, 0) + 1
-        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:12]:
-            lines.append(f"  frozen x{n}: {reason}")
-        if len(reasons) > 12:
-            lines.append(f"  ... and {len(reasons) - 12} more reasons (see --report)")
+            kinds.setdefault(re.sub(r"'[^']*'", "'…'", reason), []).append(reason)
+        for kind, examples in sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:8]:
+            shown = examples[0] if len(examples) == 1 else f"{kind} (e.g. {examples[0]})"
+            lines.append(f"  frozen x{len(examples)}: {shown}")
+        if len(kinds) > 8:
+            lines.append(f"  ... and {len(kinds) - 8} more kinds of reason (see --report)")
         return "\n".join(lines)
 
 

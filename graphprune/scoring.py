@@ -1,4 +1,4 @@
-"""Importance criteria: one score per unit of a group; the weakest units are removed.
+r"""Importance criteria: one score per unit of a group; the weakest units are removed.
 
 Every criterion is a small class with the same interface so that the policy never needs to
 know which one it got. Magnitude criteria aggregate over every member weight of the group

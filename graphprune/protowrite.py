@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW = 7, 5, 9
 _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # room for the graph itself
+_INLINE_BYTES = 1024  # with external data, tensors smaller than this stay in the model file
 
 
 def _varint(value: int) -> bytes:
@@ -76,9 +77,9 @@ def write_model(shell: onnx.ModelProto, weights: dict[str, np.ndarray], out: Bin
     offset = 0
     for name, array in weights.items():
         raw = _raw(array)
-        if data is None or raw is None:
-            tensors.append(_Tensor(name, array, raw))
-            continue
+        if data is None or raw is None or raw.nbytes < _INLINE_BYTES:
+            tensors.append(_Tensor(name, array, raw))  # small ones inline: runtimes read
+            continue                                   # shape inputs only from the model
         pad = (-offset) % 4096  # aligned, so runtimes can map the weights directly
         data[0].write(b"\0" * pad)
         offset += pad

@@ -75,3 +75,15 @@ def test_reader_rejects_truncation(tmp_path):
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(ScanError):
         read_model(path)
+
+
+def test_external_model_with_shape_constants_runs(tmp_path):
+    """Shape inputs (Reshape targets) must stay in the model file for ONNX Runtime."""
+    from graphprune.verify import random_inputs, run
+
+    model = BLOCKS["flatten_reshape_gemm"](0)
+    graph = Graph.from_model(model)
+    shell, weights = graph.split()
+    path = save_graph(shell, weights, tmp_path / "m.onnx", external=True)
+    feeds = random_inputs(model)
+    np.testing.assert_allclose(run(str(path), feeds)[0], run(model, feeds)[0], rtol=1e-6)

@@ -1,4 +1,5 @@
-"""Parameter and MAC reduction of every zoo model at one ratio: the table item 2 asks for.
+"""Parameter and MAC reduction of every zoo model at one ratio (channels and attention heads):
+the tables the core and transformer issues ask for.
 
     python bench/zoo_reduction.py [--ratio 0.4] [--round-to 8]
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
+from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
 
 
@@ -26,6 +29,9 @@ def _cases():
     for name in zoo.TORCHVISION_MODELS:
         for exporter in zoo.EXPORTERS:
             yield f"{name} ({exporter})", lambda n=name, e=exporter: zoo.torchvision_model(n, e)
+    for name in tz.TRANSFORMER_MODELS:
+        for exporter in zoo.EXPORTERS:
+            yield f"{name} ({exporter})", lambda n=name, e=exporter: tz.transformer_model(n, e)
 
 
 def main(argv=None) -> int:
@@ -38,11 +44,13 @@ def main(argv=None) -> int:
     for label, load in _cases():
         start = time.perf_counter()
         try:
-            rep = graphprune.prune(load(), ratio=args.ratio, round_to=args.round_to).report
+            rep = graphprune.prune(load(), ratio=args.ratio, round_to=args.round_to,
+                                   head_ratio=args.ratio).report
         except graphprune.GraphpruneError as err:
             rows.append({"model": label, "error": str(err)})
             continue
-        reasons = sorted({why for _, why in rep.frozen if "graph input or output" not in why})
+        reasons = sorted({re.sub(r"'[^']*'", "'…'", why) for _, why in rep.frozen
+                          if "graph input or output" not in why})
         rows.append({"model": label, "params_before": rep.params_before,
                      "params_after": rep.params_after, "param_reduction": 1 - rep.param_ratio,
                      "mac_reduction": 1 - rep.mac_ratio, "groups": rep.groups_found,

@@ -50,6 +50,7 @@ class Report:
     macs_before: int = 0
     macs_after: int = 0
     fidelity: Fidelity | None = None
+    approximate: list[str] = field(default_factory=list)  # pruned across a normalisation
     seconds: dict[str, float] = field(default_factory=dict)
     criterion: str = ""  # the criterion that chose the channels (the plan's, when replayed)
     calibration: str = ""  # where statistics came from: the --calib data, or "" for none
@@ -93,6 +94,10 @@ class Report:
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
             lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "
                          f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}")
+        if self.approximate:
+            lines.append(f"approximate: {len(self.approximate)} pruned group(s) pass through a "
+                         f"normalisation over the pruned channels (--prune-hidden); the output "
+                         f"difference above is the price")
         kinds: dict[str, list[str]] = {}  # reasons alike but for the names they quote
         for _, reason in self.frozen:
             kinds.setdefault(re.sub(r"'[^']*'", "'…'", reason), []).append(reason)
@@ -160,13 +165,16 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
           round_to: int = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
           plan: Plan | None = None, verify: bool = True, seed: int = 0,
           head_ratio: float | None = None, budget: Budget | None = None,
+          prune_hidden: bool = False,
           progress: Progress | None = None, calib=None,
           compensate: bool = False) -> PruneResult:
     """Prune coupled channels of an ONNX model.
 
     `ratio` is the fraction of channels removed from every prunable group, `head_ratio` the
     fraction of attention heads (default: `ratio`); `budget` replaces the per-group ratio by a
-    model-wide target (see budget.Budget); `plan` replays a saved plan instead of scoring. Raises NothingToPruneError when no group can be pruned
+    model-wide target (see budget.Budget); `plan` replays a saved plan instead of scoring.
+    `prune_hidden` also prunes channels that a LayerNorm/RMSNorm normalises (a transformer's
+    hidden size): approximate, since the norm's statistics change; the report counts them. Raises NothingToPruneError when no group can be pruned
     safely and UnsafeResultError when the result fails verification.
 
     `calib` is calibration data: a folder or file of .npy/.npz arrays or images, arrays in
@@ -199,6 +207,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     clock.lap(report, "canonicalize")
 
     say("analyzing channel dependencies")
+    graph.options["prune_hidden"] = prune_hidden
     analysis = analyze(graph)
     report.groups_found = len(analysis.groups)
     report.frozen = [(g.key, g.frozen) for g in analysis.frozen]
@@ -247,6 +256,9 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     say(f"pruning {len(plan.groups)} groups")
     report.groups_pruned = apply_plan(graph, analysis, plan)
+    pruned_keys = {g.key for g in plan.groups}
+    report.approximate = sorted(g.key for g in analysis.groups
+                                if "approximate" in g.tags and g.key in pruned_keys)
     graph.reindex()
     try:
         graph.infer_shapes(strict=True)  # also drops the analysis' stand-ins for dynamic dims

@@ -61,6 +61,9 @@ def _run(fn):
               show_default=True, help="Fraction of channels removed from every prunable group.")
 @click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Fraction of attention heads removed [default: --ratio].")
+@click.option("--prune-hidden", is_flag=True,
+              help="Also prune channels a LayerNorm/RMSNorm normalises (a transformer's "
+              "hidden size). Approximate: the norm's statistics change; measure the result.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the pruned model [default: MODEL.pruned.onnx].")
 @click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="l2",
@@ -106,7 +109,7 @@ def _run(fn):
               help="Seed for the random criterion and the verification inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
-def prune_command(model, ratio, head_ratio, output, criterion, calib_path, calib_preprocess,
+def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, calib_path, calib_preprocess,
                   compensate, round_to, exclude, global_rank,
                   target_flops, target_params, max_group_ratio, sensitivity_path, save_plan,
                   plan_path,
@@ -141,7 +144,7 @@ def prune_command(model, ratio, head_ratio, output, criterion, calib_path, calib
                              f"PATH (a folder of .npy/.npz arrays or images)")
         result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to,
                        exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
-                       head_ratio=head_ratio, budget=budget,
+                       head_ratio=head_ratio, budget=budget, prune_hidden=prune_hidden,
                        progress=_progress(quiet, verbose), calib=calib,
                        compensate=compensate)
         write(result, out, source=model)

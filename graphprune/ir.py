@@ -41,6 +41,9 @@ class Graph:
     # Axes whose `shapes` value is a stand-in for a dynamic dim (see infer_shapes).
     dynamic: dict[str, frozenset] = field(default_factory=dict)
     bound: bool = False  # shapes were inferred with stand-ins for dynamic dims
+    # Switches the coupling rules read: "prune_hidden" lets normalised axes be pruned
+    # (approximately: the norm's statistics change).
+    options: dict = field(default_factory=dict)
     _producer: dict[str, onnx.NodeProto] = field(default_factory=dict, repr=False)
     _consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict, repr=False)
 

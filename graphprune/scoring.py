@@ -253,8 +253,10 @@ class OBS:
 
     name = "obs"
 
-    def __init__(self, stats=None, damp: float = 0.01):
-        self.stats, self.damp = stats, damp
+    def __init__(self, stats=None, damp: float = 0.01, centered: bool = False):
+        # centered: measure the error left after an affine re-fit (weights and bias), the
+        # re-fit compensation performs; uses the covariance instead of the second moment.
+        self.stats, self.damp, self.centered = stats, damp, centered
 
     def _tensor(self, tensor: str):
         return None if self.stats is None else self.stats.get(tensor)
@@ -279,7 +281,7 @@ class OBS:
                 found = True
                 continue
             norms = channel_norms(w, param.axis, 2)
-            moment = ts.moment() if ts is not None else None
+            moment = None if ts is None else ts.covariance() if self.centered else ts.moment()
             if moment is not None and param.pairs is None and len(norms) == size:
                 err = norms / _inverse_diagonal(moment, self.damp)
                 np.add.at(total, group.unit_of[space], err)

@@ -88,14 +88,21 @@ def multi_head_attention(node, port: Port, graph) -> Effect:
 def skip_layer_norm(node, port: Port, graph) -> Effect:
     """Residual add + LayerNorm over the hidden (last) axis: that axis freezes, others pass through."""
     rank = graph.rank(node.input[0])
-    if port.axis == rank - 1 or (port.side == "in" and port.index > 1) or \
+    hidden = port.axis == rank - 1
+    if (hidden and not graph.options.get("prune_hidden")) or \
+            (port.side == "in" and port.index > 1) or \
             (port.side == "out" and port.index not in (0, 3)):
         return frozen(f"{node.op_type} '{node.name}' normalizes over axis {port.axis}")
     spaces = [(node.input[0], port.axis), (node.input[1], port.axis), (node.output[0], port.axis)]
     if len(node.output) > 3 and node.output[3]:
         spaces.append((node.output[3], port.axis))
     me = ((node.input if port.side == "in" else node.output)[port.index], port.axis)
-    return Effect(links=[Link(s) for s in spaces if s != me])
+    effect = Effect(links=[Link(s) for s in spaces if s != me])
+    if hidden:  # gamma, beta and the folded bias follow; the statistics change
+        effect.params += [ParamSlice(p, 0, "param") for p in node.input[2:5]
+                          if p and graph.const(p) is not None]
+        effect.tags.add("approximate")
+    return effect
 
 
 rule("BiasGelu", "FastGelu", "BiasAdd", "QuickGelu", "Gelu", domain=MS)(broadcast)

@@ -59,12 +59,27 @@ def group_norm(node, port: Port, graph) -> Effect:
 
 @rule("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 def layer_norm(node, port: Port, graph) -> Effect:
-    """Normalises over the trailing axes: those freeze, leading axes pass through."""
+    """Normalises over the trailing axes: those freeze, leading axes pass through. With --prune-hidden the last axis is pruned with its scale and bias (approximate: the statistics change)."""
     rank = graph.rank(node.input[0])
     first = normalize_axis(int(attr(node, "axis", -1)), rank)
-    if port.axis >= first or (port.side == "in" and port.index > 0) or port.index > 0:
-        return frozen(f"{node.op_type} '{node.name}' normalizes over axis {port.axis}")
+    if (port.side == "in" and port.index > 0) or port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' parameter or statistics port")
+    if port.axis >= first:
+        if not (graph.options.get("prune_hidden") and first == rank - 1):
+            return frozen(f"{node.op_type} '{node.name}' normalizes over axis {port.axis}")
+        return approximate_norm(node, port, graph, node.input[1:3])
     return identity_everywhere(node, port, graph)
+
+
+def approximate_norm(node, port: Port, graph, params) -> Effect:
+    """A norm over the pruned axis: channels pass through, its per-channel parameters are
+    sliced, and the group is marked approximate (mean and variance are taken over fewer
+    channels afterwards)."""
+    effect = identity_everywhere(node, port, graph)
+    effect.params += [ParamSlice(p, 0, "param") for p in params
+                      if p and graph.const(p) is not None and graph.const(p).ndim == 1]
+    effect.tags.add("approximate")
+    return effect
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")

@@ -38,6 +38,9 @@ def reduce(node, port: Port, graph) -> Effect:
     kept_axes = [a for a in range(rank) if a not in axes]
     if port.side == "in":
         if port.axis in axes:
+            if graph.options.get("prune_hidden") and port.axis == rank - 1 and \
+                    node.op_type in ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"):
+                return Effect(tags={"approximate"})  # an RMS/mean over the pruned axis
             return frozen(f"{node.op_type} '{node.name}' reduces over axis {port.axis}")
         other = port.axis if keep else kept_axes.index(port.axis)
         return Effect(links=[Link((node.output[0], other))])

@@ -221,13 +221,18 @@ def _sketch(rows: np.ndarray, dims: int, rng: np.random.Generator) -> np.ndarray
     """Random projection of rows to `dims` columns: every input column gets a random sign and
     input column j is added to output column j mod dims (a count sketch with a fixed, balanced
     hash). Inner products, hence distances, are preserved in expectation as by a Gaussian
-    projection, at the cost of one contiguous pass over the weights."""
+    projection, at the cost of one contiguous pass over the weights (in chunks of rows, so a
+    VGG head's 400 MB weight is never copied whole)."""
     n, f = rows.shape
     sign = rng.integers(0, 2, f).astype(np.float32) * 2 - 1
-    signed = rows.astype(np.float32, copy=False) * sign
     whole = f - f % dims
-    out = signed[:, :whole].reshape(n, -1, dims).sum(axis=1, dtype=np.float64)
-    out[:, :f - whole] += signed[:, whole:]
+    out = np.empty((n, dims), dtype=np.float64)
+    step = max(1, (1 << 22) // max(f, 1))  # about 16 MB of float32 per chunk
+    for start in range(0, n, step):
+        signed = rows[start:start + step].astype(np.float32, copy=False) * sign
+        block = signed[:, :whole].reshape(len(signed), -1, dims).sum(axis=1, dtype=np.float64)
+        block[:, :f - whole] += signed[:, whole:]
+        out[start:start + step] = block
     return out
 
 
@@ -253,10 +258,8 @@ class OBS:
 
     name = "obs"
 
-    def __init__(self, stats=None, damp: float = 0.01, centered: bool = False):
-        # centered: measure the error left after an affine re-fit (weights and bias), the
-        # re-fit compensation performs; uses the covariance instead of the second moment.
-        self.stats, self.damp, self.centered = stats, damp, centered
+    def __init__(self, stats=None, damp: float = 0.01):
+        self.stats, self.damp = stats, damp
 
     def _tensor(self, tensor: str):
         return None if self.stats is None else self.stats.get(tensor)
@@ -281,7 +284,7 @@ class OBS:
                 found = True
                 continue
             norms = channel_norms(w, param.axis, 2)
-            moment = None if ts is None else ts.covariance() if self.centered else ts.moment()
+            moment = ts.moment() if ts is not None else None
             if moment is not None and param.pairs is None and len(norms) == size:
                 err = norms / _inverse_diagonal(moment, self.damp)
                 np.add.at(total, group.unit_of[space], err)

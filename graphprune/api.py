@@ -248,8 +248,10 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
         say("compensating removed channels")
         done = compensate_weights(graph, analysis, plan, stats)
         report.compensated = [c.to_dict() for c in done]
-        report.compensation = ("least squares + bias, calibration data" if stats is not None
-                               and not stats.data_free else "bias, folded BatchNorm statistics")
+        report.compensation = (
+            "least squares + bias, calibration data" if stats is not None and not stats.data_free
+            else "bias, folded BatchNorm statistics" if stats is not None and stats.tensors
+            else "data-free, but the model has no BatchNorm statistics to use; pass --calib")
     # --- calibration hook (end) ---
     report.skipped = dict(plan.skipped)
     clock.lap(report, "plan")

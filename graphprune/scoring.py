@@ -260,6 +260,7 @@ class OBS:
 
     def __init__(self, stats=None, damp: float = 0.01):
         self.stats, self.damp = stats, damp
+        self._inverse: dict[str, np.ndarray] = {}  # per tensor: several consumers share one
 
     def _tensor(self, tensor: str):
         return None if self.stats is None else self.stats.get(tensor)
@@ -286,7 +287,9 @@ class OBS:
             norms = channel_norms(w, param.axis, 2)
             moment = ts.moment() if ts is not None else None
             if moment is not None and param.pairs is None and len(norms) == size:
-                err = norms / _inverse_diagonal(moment, self.damp)
+                if space[0] not in self._inverse:
+                    self._inverse[space[0]] = _inverse_diagonal(moment, self.damp)
+                err = norms / self._inverse[space[0]]
                 np.add.at(total, group.unit_of[space], err)
             else:
                 mine, theirs = param.pairs if param.pairs is not None else (
@@ -303,10 +306,12 @@ def _inverse_diagonal(moment: np.ndarray, damp: float) -> np.ndarray:
     lam = damp * float(np.mean(np.diag(g))) if g.size else 0.0
     lam = max(lam, 1e-12)
     g[np.diag_indices_from(g)] += lam
+    if len(g) > 256:  # float32 halves the O(n³) inverse; scores need no more precision
+        g = g.astype(np.float32)
     try:
-        return np.diag(np.linalg.inv(g)).copy()
+        return np.diag(np.linalg.inv(g)).astype(np.float64)
     except np.linalg.LinAlgError:
-        return np.diag(np.linalg.pinv(g)).copy()
+        return np.diag(np.linalg.pinv(g)).astype(np.float64)
 
 
 class Activation:

@@ -186,3 +186,4 @@ def test_nothing_to_compensate_without_statistics():
     result = prune(model, plan=_plan_removing(model, {3}), compensate=True)
     assert result.report.compensated == []
     assert "nothing compensated" in result.report.summary()
+    assert "pass --calib" in result.report.summary()

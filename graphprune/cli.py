@@ -103,7 +103,8 @@ def _run(fn):
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="Replay a plan saved with --save-plan instead of scoring.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
-              help="Write the report as JSON.")
+              help="Write the report: a self-contained HTML page when the path ends in "
+              ".html, JSON otherwise.")
 @click.option("--no-verify", is_flag=True, help="Skip running both models in ONNX Runtime.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the verification inputs.")
@@ -151,7 +152,13 @@ def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, cal
         if save_plan is not None:
             _write_text(save_plan, result.plan.to_json())
         if report_path is not None:
-            _write_text(report_path, json.dumps(result.report.to_dict(), indent=1, default=str))
+            if report_path.suffix.lower() in (".html", ".htm"):
+                from .htmlreport import render
+
+                _write_text(report_path, render(result.report, result.plan))
+            else:
+                _write_text(report_path, json.dumps(result.report.to_dict(), indent=1,
+                                                    default=str))
         if not quiet:
             click.echo(result.report.summary())
             click.echo(f"wrote {out}")
@@ -209,6 +216,75 @@ def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
             for key, errs in sorted(sens.errors.items(), key=lambda kv: -kv[1][-1]):
                 click.echo(f"{key[:48]:48s} " + " ".join(f"{e:7.4f}" for e in errs))
             click.echo("relative output error (L2 of difference / L2 of output) per ratio")
+
+    _run(go)
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--target", type=click.Choice(["cpu", "edge"]), default="cpu", show_default=True,
+              help="cpu: fp32 .onnx. edge: also the ORT format, and fp16 where it stays "
+              "within --fp16-tolerance.")
+@click.option("--fp16/--no-fp16", default=None,
+              help="Try fp16 weights and compute (kept only within --fp16-tolerance) "
+              "[default: with --target edge].")
+@click.option("--fp16-tolerance", type=click.FloatRange(0.0, min_open=True),
+              default=1e-2, show_default=True,
+              help="Largest relative output error (max |fp16 - fp32| / max |fp32|) for which "
+              "fp16 is kept.")
+@click.option("--opset", type=click.IntRange(min=1), help="Convert to this ONNX opset.")
+@click.option("--ort-format/--no-ort-format", default=None,
+              help="Also write ONNX Runtime's .ort format and its required-operators config "
+              "[default: with --target edge].")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output folder [default: MODEL-TARGET beside the model].")
+@click.option("--force", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--no-prune", is_flag=True, help="Export the model as it is, without pruning.")
+@click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Fraction of channels removed from every prunable group [default: 0.4].")
+@click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Fraction of attention heads removed [default: --ratio].")
+@click.option("--round-to", type=click.IntRange(min=1),
+              help=f"Kept channel counts are multiples of this [default: {DEFAULT_ROUND_TO}].")
+@click.option("--criterion", type=click.Choice(sorted(set(CRITERIA) - set(DATA_CRITERIA))),
+              help="Channel importance [default: l2].")
+@click.option("--exclude", multiple=True, metavar="NAME",
+              help="Node, tensor or weight whose channels must not be pruned.")
+@click.option("--prune-hidden", is_flag=True, default=None,
+              help="Also prune a transformer's hidden size (approximate).")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path),
+              help="Replay a plan saved with --save-plan instead of scoring.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the criterion and the random check inputs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
+def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, output, force,
+                   no_prune, ratio, head_ratio, round_to, criterion, exclude, prune_hidden,
+                   plan_path, seed, quiet, verbose):
+    """Prune MODEL and write a deployment folder: model, manifest.json, README.txt."""
+    from .export import export
+
+    def go():
+        options = {}
+        for key, value in (("ratio", ratio), ("head_ratio", head_ratio),
+                           ("round_to", round_to), ("criterion", criterion),
+                           ("prune_hidden", prune_hidden)):
+            if value is not None:
+                options[key] = value
+        excluded = tuple(n.strip() for item in exclude for n in item.split(",") if n.strip())
+        if excluded:
+            options["exclude"] = excluded
+        if plan_path is not None:
+            if not plan_path.is_file():
+                raise UsageError(f"--plan {plan_path}: no such file")
+            options["plan"] = Plan.from_json(plan_path.read_text(), str(plan_path))
+        out = output or model.with_name(f"{model.stem}-{target}")
+        result = export(model, out, target=target, fp16=fp16, opset=opset,
+                        ort_format=ort_format, force=force, prune_options=options,
+                        no_prune=no_prune, fp16_tolerance=fp16_tolerance, seed=seed,
+                        progress=_progress(quiet, verbose))
+        if not quiet:
+            click.echo(result.summary())
 
     _run(go)
 

@@ -250,13 +250,13 @@ def _is_minus_one_guard(graph, node) -> bool:
 
 
 def _scalar_from_shape(graph, tensor: str) -> bool:
-    """A one-element piece that is one dim of a run-time shape (Unsqueeze(Gather(Shape(x))),
+    """A piece that is part of a run-time shape (Unsqueeze(Gather(Shape(x))), Slice(Shape(x)),
     possibly through casts): it follows whatever pruning did to x."""
     node = graph.producer(tensor)
     while node is not None and node.op_type in ("Unsqueeze", "Cast", "Squeeze", "Reshape",
                                                  "Identity"):
         node = graph.producer(node.input[0])
-    if node is not None and node.op_type == "Gather":
+    if node is not None and node.op_type in ("Gather", "Slice"):
         node = graph.producer(node.input[0])
     return node is not None and node.op_type == "Shape"
 
@@ -346,10 +346,11 @@ def _merged_with_batch(node, port, graph, mine, theirs) -> Effect | None:
     effect = Effect(links=[link])
     merged_output = len(graph.shape(node.output[0])) < len(graph.shape(node.input[0]))
     value, setter = _target_entry(graph, node, heads_out[1])
-    if merged_output:  # the output holds B*H': its entry must come from the run time
-        if value is not None and value > 0:
-            return frozen(f"Reshape '{node.name}' fixes the merged batch×heads size")
-    elif value is not None and value > 0:
+    if value is None:
+        return frozen(f"Reshape '{node.name}' target shape is computed at run time")
+    if value > 0 and merged_output:  # the output holds B*H': it must come from the run time
+        return frozen(f"Reshape '{node.name}' fixes the merged batch×heads size")
+    if value > 0:
         effect.fixups[f"reshape:{node.name}"] = lambda g, keep: setter(g, len(keep[heads_out]))
     return effect
 

@@ -202,7 +202,7 @@ bool force_isa(const char* name) {
 }
 
 void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
-                   std::vector<float>* scratch) {
+                   AlignedVector<float>* scratch) {
   const Isa& isa = *g_isa;
   const int64_t N = w.N, K = w.K, Kp = w.Kp;
   const int64_t M = p.layout == Layout::kRows ? p.M : p.batch * p.P;

@@ -172,7 +172,7 @@ struct Kernel {
   bool prepacked = false;
   PackedWeight weight;
   std::mutex scratch_mu;
-  std::vector<float> scratch;
+  graphprune::AlignedVector<float> scratch;
 
   OrtStatus* pack(const OrtValue* values, const OrtValue* indices, const OrtValue* row_ptr,
                   PackedWeight* out) const {
@@ -256,7 +256,7 @@ struct Kernel {
 
     OrtParallel par(api, ctx);
     std::unique_lock<std::mutex> lock(scratch_mu, std::try_to_lock);
-    std::vector<float> own;
+    graphprune::AlignedVector<float> own;
     graphprune::sparse_matmul(*w, p, par, lock.owns_lock() ? &scratch : &own);
     return nullptr;
   }

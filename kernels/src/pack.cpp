@@ -1,4 +1,5 @@
 // Validation of the ONNX-level sparse formats and conversion to the internal layout.
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -17,6 +18,34 @@ std::string msg(Args&&... args) {
   std::ostringstream os;
   (os << ... << args);
   return os.str();
+}
+
+// Pads every column's block list with zero blocks to a multiple of the kernel's unroll step
+// (see xt_column: G = U / br blocks, U <= 8 accumulator sets for bc = 1, <= 2 for bc = 4), so
+// the kernel never runs a data-dependent tail. Padding repeats the column's last row, which is
+// in cache already.
+void pad_columns(PackedWeight* w) {
+  const int bs = w->br * w->bc;
+  const int64_t step = w->bc == 4 ? std::max(1, 2 / w->br) : std::max(1, 8 / w->br);
+  if (step == 1) return;
+  std::vector<int64_t> ptr(static_cast<size_t>(w->nbc) + 1, 0);
+  for (int64_t j = 0; j < w->nbc; ++j) {
+    const int64_t n = w->col_ptr[static_cast<size_t>(j) + 1] - w->col_ptr[static_cast<size_t>(j)];
+    ptr[static_cast<size_t>(j) + 1] = ptr[static_cast<size_t>(j)] + (n + step - 1) / step * step;
+  }
+  AlignedVector<int32_t> k0(static_cast<size_t>(ptr.back()), 0);
+  AlignedVector<float> vals(static_cast<size_t>(ptr.back()) * bs, 0.0f);
+  for (int64_t j = 0; j < w->nbc; ++j) {
+    const int64_t s = w->col_ptr[static_cast<size_t>(j)], e = w->col_ptr[static_cast<size_t>(j) + 1];
+    const int64_t d = ptr[static_cast<size_t>(j)], de = ptr[static_cast<size_t>(j) + 1];
+    std::copy(w->k0.begin() + s, w->k0.begin() + e, k0.begin() + d);
+    std::copy(w->vals.begin() + s * bs, w->vals.begin() + e * bs, vals.begin() + d * bs);
+    const int32_t last = e > s ? w->k0[static_cast<size_t>(e) - 1] : 0;
+    for (int64_t t = d + (e - s); t < de; ++t) k0[static_cast<size_t>(t)] = last;
+  }
+  w->col_ptr.swap(ptr);
+  w->k0.swap(k0);
+  w->vals.swap(vals);
 }
 
 }  // namespace
@@ -78,6 +107,7 @@ std::string pack_weight(const FormatSpec& s, const float* values, size_t n_value
       }
       w.col_ptr[static_cast<size_t>(j) + 1] = w.nnzb();
     }
+    pad_columns(&w);
     return "";
   }
 
@@ -136,6 +166,7 @@ std::string pack_weight(const FormatSpec& s, const float* values, size_t n_value
         for (int c = 0; c < bc; ++c) d[c * br + r] = src[r * bc + c];
     }
   }
+  pad_columns(&w);
   return "";
 }
 

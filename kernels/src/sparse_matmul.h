@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -32,14 +33,34 @@ struct FormatSpec {
   int nm_n = 2, nm_m = 4;    // N:M
 };
 
+// 64-byte aligned storage for the arrays the kernels stream through.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = ::operator new(n * sizeof(T), std::align_val_t(64));
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
 struct PackedWeight {
   int64_t K = 0, N = 0;
   int br = 1, bc = 1;
   int64_t Kp = 0;                 // K rounded up to a multiple of br
   int64_t nbc = 0;                // output block columns: ceil(N / bc)
   std::vector<int64_t> col_ptr;   // nbc + 1 offsets into k0 (in blocks)
-  std::vector<int32_t> k0;        // first k of each block
-  std::vector<float> vals;        // [nnzb][bc][br]
+  AlignedVector<int32_t> k0;      // first k of each block
+  AlignedVector<float> vals;      // [nnzb][bc][br]
   int64_t nnzb() const { return static_cast<int64_t>(k0.size()); }
 };
 
@@ -90,7 +111,7 @@ struct Problem {
 
 // scratch: grown as needed, reused between calls by the caller.
 void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
-                   std::vector<float>* scratch);
+                   AlignedVector<float>* scratch);
 
 // "avx512", "avx2" or "generic": the code path picked at load time.
 const char* isa_name();

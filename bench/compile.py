@@ -166,8 +166,10 @@ except Exception as err:
     if stage == "check":
         out["check_error"] = f"{type(err).__name__}: {msg[0][:300] if msg else ''}"
     else:
+        import traceback
         out["ok"] = False
         out["error"] = f"{stage}: {type(err).__name__}: {msg[0][:300] if msg else ''}"
+        out["traceback_tail"] = traceback.format_exc()[-1500:]
         out["peak_mb"], out["hwm_mb"] = peak_mb(), hwm_mb()
 emit(out)
 '''

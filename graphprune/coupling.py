@@ -161,5 +161,17 @@ def set_constant(graph: Graph, node: onnx.NodeProto, input_index: int, value: np
     node.input[input_index] = name
 
 
+def axes_operand(node: onnx.NodeProto, graph: Graph, rank: int) -> list[int] | None:
+    """The `axes` of Squeeze/Unsqueeze/Reduce*: an attribute in older opsets, input 1 in newer
+    ones. Sorted and non-negative; [] when absent; None when computed at run time."""
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.const(node.input[1])
+        if value is None:
+            return None
+        axes = value.tolist()
+    return sorted(normalize_axis(int(a), rank) for a in (axes or []))
+
+
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis

@@ -145,13 +145,18 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
         (work / "plan.json").write_text(result.plan.to_json())
         pruning = _pruning_summary(result)
         messages.append(result.report.summary())
+    if no_prune:
+        messages.append("not pruned (--no-prune): the model as it was given")
 
-    fp32 = _load(model_path)
+    interface = _load(model_path, weights=False)  # external weights (>2 GB) stay on disk
     say("running the fp32 model in ONNX Runtime")
-    feeds = [_random_feeds(fp32, seed + k) for k in range(CHECK_SAMPLES)]
+    feeds = [_random_feeds(interface, seed + k) for k in range(CHECK_SAMPLES)]
     reference = _run_all(model_path, feeds, "the exported fp32 model")
-    opset_before = _default_opset(fp32)
-    if opset is not None and opset != opset_before:
+    opset_before = _default_opset(interface)
+    convert_opset = opset is not None and opset != opset_before
+    fp32 = _load(model_path) if convert_opset or want_fp16 else None
+    del interface
+    if convert_opset:
         say(f"converting to opset {opset}")
         fp32 = _convert_opset(fp32, opset)
         _save(fp32, model_path)
@@ -377,14 +382,32 @@ def _errors(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> d
 
 def _try_fp16(fp32: onnx.ModelProto, work: Path, feeds, reference, tolerance: float,
               converter: str) -> dict:
-    """Convert, measure, and keep (replace model.onnx) only within the tolerance."""
+    """Convert, measure, and keep (replace model.onnx) only within the tolerance. "auto"
+    tries onnxconverter-common (when installed), then graphprune's own converter."""
     if converter == "auto":
         try:
             import onnxconverter_common.float16  # noqa: F401
-            converter = "onnxconverter-common"
+            order = ["onnxconverter-common", "builtin"]
         except ImportError:
-            converter = "builtin"
-    info: dict = {"converter": converter}
+            order = ["builtin"]
+    else:
+        order = [converter]
+    attempts = []
+    for name in order:
+        info = _fp16_attempt(name, fp32, work, feeds, reference, tolerance)
+        if info["kept"]:
+            break
+        attempts.append({"converter": name, "reason": info["reason"]})
+    if len(order) > 1:
+        info["attempts"] = attempts
+        if not info["kept"]:
+            info["reason"] = "; ".join(f"{a['converter']}: {a['reason']}" for a in attempts)
+    return info
+
+
+def _fp16_attempt(converter: str, fp32: onnx.ModelProto, work: Path, feeds, reference,
+                  tolerance: float) -> dict:
+    info: dict = {"converter": converter, "kept": False}
     try:
         if converter == "onnxconverter-common":
             m16 = _fp16_onnxconverter(fp32)
@@ -399,13 +422,17 @@ def _try_fp16(fp32: onnx.ModelProto, work: Path, feeds, reference, tolerance: fl
     except Exception as err:
         info["reason"] = f"{converter} conversion failed: {_first_line(err)}"
         return info
-    candidate = work / "model.fp16.onnx"
+    side = work / "fp16"  # same file names as the final ones: external data keeps its name
+    side.mkdir()
     try:
+        candidate = side / _MODEL
         _save(m16, candidate)
+        del m16
         try:
             got = _run_all(candidate, feeds, "the fp16 model")
         except UnsafeResultError as err:
-            info["reason"] = str(err).replace("; nothing was written", "")
+            info["reason"] = str(err).replace("; nothing was written", "").replace(
+                f"{side}{os.sep}", "")
             return info
         info.update(_errors(reference, got))
         if not info["finite"]:
@@ -417,15 +444,13 @@ def _try_fp16(fp32: onnx.ModelProto, work: Path, feeds, reference, tolerance: fl
             info["kept"] = True
             info["reason"] = "within tolerance"
             for suffix in ("", ".data"):
-                src = candidate.with_name(candidate.name + suffix)
-                dst = work / (_MODEL + suffix)
+                src, dst = side / (_MODEL + suffix), work / (_MODEL + suffix)
                 if src.exists():
                     os.replace(src, dst)
                 else:
                     dst.unlink(missing_ok=True)
     finally:
-        for suffix in ("", ".data"):
-            candidate.with_name(candidate.name + suffix).unlink(missing_ok=True)
+        shutil.rmtree(side, ignore_errors=True)
     return info
 
 
@@ -505,7 +530,6 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                                       f"{n.op_type}) is unknown")
 
     inits = {t.name: t for t in g.initializer}
-    graph_inputs = {v.name for v in g.input if v.name not in inits}
     graph_outputs = [v.name for v in g.output]
     constants = {}  # Constant-node outputs with a float tensor value: handled like weights
     for n in g.node:
@@ -516,10 +540,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     # Float values computed from integers (shape arithmetic): they stay fp32.
     from_ints: set[str] = set()
-    producers: dict[str, onnx.NodeProto] = {}
     for n in g.node:
-        for o in n.output:
-            producers[o] = n
         float_in = [i for i in n.input if i and types.get(i) == FLOAT]
         if n.op_type in ("Cast", "CastLike") and n.input and types.get(n.input[0]) != FLOAT \
                 and types.get(n.input[0]) != HALF:
@@ -534,7 +555,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in g.node:
         ins = [types.get(i, 0) if i else 0 for i in n.input]
         outs = [types.get(o, 0) if o else 0 for o in n.output]
-        half_params = _half_params(n, opsets, from_ints, constants)
+        half_params = _half_params(n, opsets, from_ints)
         if half_params is not None:
             schema = _schema(n, opsets)
             for k, name in enumerate(n.input):
@@ -655,9 +676,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         for k, name in enumerate(n.output):
             if name in renamed:
                 n.output[k] = renamed[name]
-        new_nodes.append(n)
-        # Casts for later readers are appended when met; a topological order is kept since
-        # a Cast is created right before its first reader, after the value's producer.
+        new_nodes.append(n)  # after the Casts it reads: created just before their first
+        # reader, which follows the value's producer, so the order stays topological
     for name, half in renamed.items():
         new_nodes.append(helper.make_node("Cast", [half], [name], name=unique(f"Cast_{name}"),
                                           to=FLOAT))
@@ -705,7 +725,7 @@ def _formal(formals, k: int):
     return formals[min(k, len(formals) - 1)]
 
 
-def _half_params(node: onnx.NodeProto, opsets, from_ints: set[str], constants) -> set | None:
+def _half_params(node: onnx.NodeProto, opsets, from_ints: set[str]) -> set | None:
     """Type parameters of `node` that may become float16, or None when it stays fp32."""
     if node.domain not in ("", "ai.onnx") or node.op_type in _FP32_OPS:
         return None
@@ -868,7 +888,7 @@ def python_snippet(manifest: dict) -> str:
     feeds = []
     for i in manifest["inputs"]:
         shape = tuple(d if isinstance(d, int) else 1 for d in i["shape"])
-        maker = "np.random.rand" if i["dtype"].startswith("float") else "np.zeros"
+        maker = "np.random.rand" if i["dtype"].startswith("float") else "np.ones"
         arg = ", ".join(map(str, shape)) if maker == "np.random.rand" else repr(shape)
         feeds.append(f"    {i['name']!r}: {maker}({arg}).astype(np.{i['dtype']}),")
     dyn = any(not isinstance(d, int) for i in manifest["inputs"] for d in i["shape"])

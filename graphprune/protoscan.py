@@ -37,7 +37,8 @@ def _varint(f) -> int:
             raise ScanError("varint too long")
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint (the writer frames fields with it too)."""
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -105,7 +106,7 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
             else:
                 graph_bytes += _copy(f, key_at, at + length)
             f.seek(at + length)
-        model_bytes += _encode_varint(_MODEL_GRAPH << 3 | 2) + _encode_varint(len(graph_bytes))
+        model_bytes += encode_varint(_MODEL_GRAPH << 3 | 2) + encode_varint(len(graph_bytes))
         model_bytes += graph_bytes
         model = onnx.ModelProto()
         model.ParseFromString(bytes(model_bytes))

@@ -13,19 +13,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .protoscan import encode_varint as _varint
+
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW = 7, 5, 9
 _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # room for the graph itself
 _INLINE_BYTES = 1024  # with external data, tensors smaller than this stay in the model file
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        out.append(bits | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _key(field: int) -> bytes:

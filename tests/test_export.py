@@ -455,3 +455,24 @@ def test_builtin_fp16_refuses_subgraphs():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(export_mod.Fp16Unsupported, match="subgraphs"):
         to_fp16(model)
+
+
+def test_external_data_models(tmp_path, monkeypatch):
+    """Models over 2 GB keep their weights in model.onnx.data (simulated: every model is
+    treated as large); the ORT format cannot hold them and says so."""
+    import graphprune.io
+
+    monkeypatch.setattr(graphprune.io, "needs_external_data", lambda weights: True)
+    src = tmp_path / "m.onnx"
+    onnx.save(MODELS["resnet_bottleneck"](), src)
+    result = export(src, tmp_path / "out", target="cpu", fp16=True)
+    m = result.manifest
+    assert m["external_data"] and m["fp16"]["kept"]
+    assert "model.onnx.data" in {f["path"] for f in m["files"]}
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False)
+    assert {e.value for t in model.graph.initializer for e in t.external_data
+            if e.key == "location"} == {"model.onnx.data"}
+    _load_in_fresh_process(tmp_path / "out", cwd=tmp_path)
+    with pytest.raises(UsageError, match="ORT format cannot hold"):
+        export(src, tmp_path / "edge", target="edge")
+    assert not (tmp_path / "edge").exists()

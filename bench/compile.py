@@ -18,8 +18,11 @@ Why this shape:
 * everything is repeated and the median reported, because the machine is shared and noisy
   (single Torch-Pruning prune timings were seen to vary 10× between runs); a Torch-Pruning child
   takes seconds to tens of seconds, so ``--tp-repeats 1`` is there for a quick run;
-* a stage-by-stage RSS trace comes from graphprune's public ``progress`` callback, which fires at
-  the start of each stage, so the stage that raises the high-water mark can be named.
+* before each run it waits (bounded: ``--max-wait``, ``--max-wait-total``) for other processes
+  to leave a core free, records the busy-core reading it started under, and records process CPU
+  seconds next to wall seconds: CPU time suffers far less from a busy neighbour;
+* a step-by-step RSS/time trace comes from graphprune's public ``progress`` callback, which fires
+  at the start of each step, so the step that raises the high-water mark can be named.
 
 Target (issue): the whole ResNet-50 run under 1 s, peak memory under 2× the file size (checked
 here as (peak − baseline) / file size; the absolute peak / file size is in the JSON as well).

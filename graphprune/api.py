@@ -195,6 +195,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     if verify:  # before loading, so its session and our IR never share the memory peak
         say("running the input model in ONNX Runtime")
         reference = _run_reference(model, source, seed)
+        clock.lap(report, "reference")  # the first half of verification
     say(f"loading {source}")
     interface, graph = load_graph(model)
     loaded_weights = set(graph.weights)

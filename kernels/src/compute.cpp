@@ -21,6 +21,9 @@ constexpr int64_t kRowTaskWork = 1 << 15;
 constexpr int64_t kMaxTasks = 256;
 // Per-task column accumulators when K has several panels (see xt_range): at most this much.
 constexpr int64_t kAccBytes = 64 * 1024;
+// A packed X chunk up to this size is read whole for every column (it stays in L2); a larger one
+// panel by panel.
+constexpr int64_t kChunkBytes = 384 * 1024;
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).
@@ -39,6 +42,7 @@ struct XTJob {
   float* xt = nullptr;
   const int64_t* range_start = nullptr;
   int64_t nranges = 1;
+  bool panels = false;  // K panel by K panel (w->npanels > 1)
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {
@@ -258,6 +262,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     job.chunks_per_image = (p.P + mb - 1) / mb;
     job.nchunks = p.batch * job.chunks_per_image;
   }
+  job.panels = w.npanels > 1 && Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
   const size_t need = static_cast<size_t>(job.nchunks * Kp * mb);
   if (scratch->size() < need) scratch->resize(need);
   job.xt = scratch->data();
@@ -273,7 +278,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   const int64_t work = padded_rows * col_cost;
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(work / kTaskWork, kMaxTasks));
   int64_t nranges = (ntasks + job.nchunks - 1) / job.nchunks;
-  if (w.npanels > 1)  // keep each task's accumulators (range columns x mb) small
+  if (job.panels)  // keep each task's accumulators (range columns x mb) small
     nranges = std::max(nranges, (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes);
   nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
   balanced_ranges(w, nranges, &ranges);

@@ -5,8 +5,10 @@ For every weight shape K x N, a one-node dense model ``Y = X @ W`` (ORT's MatMul
 for every pattern of a shape) are timed at each M: per model, a warm-up (>= 5 runs and >= 0.2 s),
 then >= ``--runs`` timed runs of that one model in a row (and >= ``--min-seconds``), each timed
 with ``time.perf_counter`` around ``sess.run``; the median is kept. Models are never alternated
-run by run (idle ORT thread pools spinning would distort both). Every session has ``--threads``
-intra-op threads. speedup = dense median / sparse median, both from this one run.
+run by run (idle ORT thread pools spinning would distort both). With ``--rounds`` R (default 2)
+the dense model and every sparse model are measured R times in turn and each keeps its lowest
+median (other tenants' load only ever adds time). Every session has ``--threads`` intra-op
+threads. speedup = dense / sparse, both from this one run.
 
 Patterns: bsr1x4, bsr4x1, bsr4x4, bsr8x1 (block sparsity: that fraction of blocks is zero), csr
 (unstructured), nm (n:m along K with n/m = 1 - sparsity: 2:4, 3:10, 1:5, 1:10, 1:20).
@@ -95,6 +97,7 @@ def machine() -> dict:
     import onnxruntime
 
     info["onnxruntime"] = onnxruntime.__version__
+    info["loadavg"] = list(os.getloadavg())
     info["numpy"] = np.__version__
     return info
 
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="768x768,3072x768 at 50/90 %%")
     ap.add_argument("--out", default=str(RESULTS / "kernels"), help="output path without extension")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="measure every model this many times (in turn); keep each one's lowest median")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.sparsities = "768x768,3072x768", "50,90"
@@ -131,48 +136,63 @@ def main(argv=None) -> int:
         print(f"kernels unavailable: {exc}", file=sys.stderr)
         return 1
     isa = gk.isa()
+    load_start = list(os.getloadavg())
     rng = np.random.default_rng(args.seed)
     rows = []
     print(f"library {lib} (isa {isa}), {args.threads} threads", flush=True)
+    import onnxruntime as ort
+
     for k, n in shapes:
         w = rng.standard_normal((k, n)).astype(np.float32)
         xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in ms}
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        dense = ort.InferenceSession(dense_model(w).SerializeToString(), so,
-                                     providers=["CPUExecutionProvider"])
-        dense_t = {m: time_session(dense, xs[m], args.runs, args.min_seconds) for m in ms}
-        ref = {m: dense.run(None, {"X": xs[m]})[0] for m in ms}
-        del dense
-        for m in ms:
-            print(f"{k}x{n} M={m}: dense {dense_t[m] * 1e3:.3f} ms", flush=True)
+        models = {}
         for pattern in patterns:
             for sp in sparsities:
-                sw, desc = sparse_weight(w, pattern, sp)
+                models[pattern, sp] = sparse_weight(w, pattern, sp)
+        dense_t = {}
+        sparse_t = {}
+        errors = {}
+        for rnd in range(args.rounds):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            so.inter_op_num_threads = 1
+            dense = ort.InferenceSession(dense_model(w).SerializeToString(), so,
+                                         providers=["CPUExecutionProvider"])
+            for m in ms:
+                t = time_session(dense, xs[m], args.runs, args.min_seconds)
+                dense_t.setdefault(m, []).append(t)
+                print(f"round {rnd + 1} {k}x{n} M={m}: dense {t * 1e3:.3f} ms", flush=True)
+            del dense
+            for (pattern, sp), (sw, desc) in models.items():
                 sess = gk.session(gk.make_sparse_matmul_model(sw), threads=args.threads)
-                wd = gk.unpack(sw)
                 for m in ms:
                     t = time_session(sess, xs[m], args.runs, args.min_seconds)
-                    y = sess.run(None, {"X": xs[m]})[0]
-                    exp = xs[m] @ wd
-                    err = float(np.abs(y - exp).max() / (np.abs(exp).max() + 1e-12))
-                    row = {"k": k, "n": n, "m": m, "pattern": pattern, "desc": desc,
-                           "sparsity": sp, "actual_sparsity": round(1.0 - float(np.count_nonzero(wd)) / wd.size, 4),
-                           "stored_density": round(sw.density, 4),
-                           "dense_ms": dense_t[m] * 1e3, "sparse_ms": t * 1e3,
-                           "speedup": dense_t[m] / t, "max_rel_err": err}
-                    rows.append(row)
-                    print(f"{k}x{n} M={m:<4d} {pattern:7s} {sp:2d}%  sparse {t * 1e3:8.3f} ms  "
-                          f"speedup {row['speedup']:6.2f}x", flush=True)
+                    sparse_t.setdefault((pattern, sp, m), []).append(t)
+                    if rnd == 0:
+                        y = sess.run(None, {"X": xs[m]})[0]
+                        exp = xs[m] @ gk.unpack(sw)
+                        errors[pattern, sp, m] = float(np.abs(y - exp).max() / (np.abs(exp).max() + 1e-12))
+                    print(f"round {rnd + 1} {k}x{n} M={m:<4d} {pattern:7s} {sp:2d}%  sparse {t * 1e3:8.3f} ms  "
+                          f"speedup {min(dense_t[m]) / t:6.2f}x", flush=True)
                 del sess
-        del ref
+        for (pattern, sp), (sw, desc) in models.items():
+            nz = sum(int(np.count_nonzero(v)) for v in [sw.values])
+            for m in ms:
+                dt, st = min(dense_t[m]), min(sparse_t[pattern, sp, m])
+                rows.append({"k": k, "n": n, "m": m, "pattern": pattern, "desc": desc, "sparsity": sp,
+                             "actual_sparsity": round(1.0 - nz / float(k * n), 4),
+                             "stored_density": round(sw.density, 4),
+                             "dense_ms": dt * 1e3, "sparse_ms": st * 1e3, "speedup": dt / st,
+                             "dense_round_ms": [t * 1e3 for t in dense_t[m]],
+                             "sparse_round_ms": [t * 1e3 for t in sparse_t[pattern, sp, m]],
+                             "max_rel_err": errors[pattern, sp, m]})
+        del models
 
+    load_end = list(os.getloadavg())
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "isa": isa, "threads": args.threads, "runs": args.runs,
-              "statistic": "median", "rows": rows}
+              "rounds": args.rounds, "statistic": "lowest of the rounds' medians",
+              "loadavg_start": load_start, "loadavg_end": load_end, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
@@ -191,8 +211,10 @@ def markdown(result, shapes, ms, patterns, sparsities) -> str:
         "",
         f"{result['date']}, {mi.get('cpu', '?')}, {mi.get('cpus')} CPUs, onnxruntime "
         f"{mi.get('onnxruntime')}, kernel ISA {result['isa']}, {result['threads']} intra-op threads, "
-        f"median of >= {result['runs']} runs. Cells: speedup = dense ms / sparse ms "
-        "(> 1: the sparse operator is faster). nm sparsities: 2:4, 3:10, 1:5, 1:10, 1:20.",
+        f"load average {result['loadavg_start'][0]:.1f} at the start, {result['loadavg_end'][0]:.1f} at the end, "
+        f"median of >= {result['runs']} runs (lowest of {result['rounds']} rounds). Cells: speedup = "
+        "dense ms / sparse ms (sparse ms); "
+        "> 1: the sparse operator is faster. nm sparsities: 2:4, 3:10, 1:5, 1:10, 1:20.",
         "",
     ]
     for k, n in shapes:

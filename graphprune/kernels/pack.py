@@ -177,6 +177,18 @@ def _n_pruned(total: int, sparsity: float) -> int:
     return int(round(sparsity * total))
 
 
+def _smallest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` smallest scores (ties broken by position)."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if count >= scores.size:
+        return np.arange(scores.size)
+    cut = np.partition(scores, count - 1)[count - 1]
+    below = np.flatnonzero(scores < cut)
+    ties = np.flatnonzero(scores == cut)[:count - below.size]
+    return np.concatenate([below, ties])
+
+
 def mask_blocks(w: np.ndarray, sparsity: float, block: Sequence[int] = (4, 1)) -> np.ndarray:
     """Zeroes the ``sparsity`` fraction of ``block`` blocks (on the zero-padded grid) with the
     smallest L2 norm. Returns a new array."""
@@ -184,7 +196,7 @@ def mask_blocks(w: np.ndarray, sparsity: float, block: Sequence[int] = (4, 1)) -
     br, bc = _check_block(block)
     blocks = _blocks(w, br, bc).copy()
     norms = np.sqrt(np.sum(blocks.astype(np.float64) ** 2, axis=(2, 3))).ravel()
-    drop = np.argsort(norms, kind="stable")[:_n_pruned(norms.size, sparsity)]
+    drop = _smallest(norms, _n_pruned(norms.size, sparsity))
     flat = blocks.reshape(-1, br, bc)
     flat[drop] = 0.0
     kb, nb = blocks.shape[:2]
@@ -196,7 +208,7 @@ def mask_unstructured(w: np.ndarray, sparsity: float) -> np.ndarray:
     """Zeroes the ``sparsity`` fraction of weights with the smallest magnitude."""
     w = _check_2d(w)
     out = w.copy().ravel()
-    drop = np.argsort(np.abs(out), kind="stable")[:_n_pruned(out.size, sparsity)]
+    drop = _smallest(np.abs(out), _n_pruned(out.size, sparsity))
     out[drop] = 0.0
     return out.reshape(w.shape)
 

@@ -59,3 +59,11 @@ def broadcast(node, port: Port, graph) -> Effect:
         else:
             effect.links.append(Link((name, axis)))
     return effect
+
+
+@rule("CastLike")
+def cast_like(node, port: Port, graph) -> Effect:
+    """Casts input 0 to input 1's type: channels flow from input 0; input 1 gives only a type."""
+    if port.side == "in" and port.index == 1:
+        return Effect()
+    return identity_everywhere(node, port, graph)

@@ -5,6 +5,7 @@
 // namespace under a target pragma. The widest one this CPU supports is picked when the library is
 // loaded (__builtin_cpu_supports); GRAPHPRUNE_KERNELS_ISA=generic|avx2|avx512 forces one.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -175,7 +176,7 @@ const Isa* detect() {
   return &kGeneric;
 }
 
-const Isa* g_isa = detect();
+std::atomic<const Isa*> g_isa{detect()};
 
 // Splits block columns into `parts` ranges of about equal cost (blocks + per-column overhead).
 void balanced_ranges(const PackedWeight& w, int64_t parts, std::vector<int64_t>* out) {
@@ -202,18 +203,18 @@ void run_tasks(Parallel& par, size_t n, void (*fn)(void*, size_t), void* data) {
 
 }  // namespace
 
-const char* isa_name() { return g_isa->name; }
+const char* isa_name() { return g_isa.load()->name; }
 
 bool force_isa(const char* name) {
   const Isa* isa = (name == nullptr || *name == '\0') ? detect() : lookup(name, true);
   if (!isa) return false;
-  g_isa = isa;
+  g_isa.store(isa);
   return true;
 }
 
 void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
                    AlignedVector<float>* scratch) {
-  const Isa& isa = *g_isa;
+  const Isa& isa = *g_isa.load();
   const int64_t N = w.N, K = w.K, Kp = w.Kp;
   const int64_t M = p.layout == Layout::kRows ? p.M : p.batch * p.P;
   if (M <= 0 || N <= 0) return;

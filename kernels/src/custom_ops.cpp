@@ -419,12 +419,13 @@ GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, 
                     ": upgrade onnxruntime";
     return old ? old->CreateStatus(ORT_NOT_IMPLEMENTED, m.c_str()) : nullptr;
   }
-  if (const char* isa = std::getenv("GRAPHPRUNE_KERNELS_ISA")) {
-    if (*isa && !graphprune::force_isa(isa))
-      return api->CreateStatus(ORT_INVALID_ARGUMENT,
-                               (std::string("graphprune kernels: GRAPHPRUNE_KERNELS_ISA=") + isa +
-                                " is not available on this CPU (generic, avx2, avx512)").c_str());
-  }
+  // GRAPHPRUNE_KERNELS_ISA=generic|avx2|avx512 forces a code path (tests, comparisons); unset:
+  // the best this CPU supports. Process-wide, decided at each registration.
+  const char* isa = std::getenv("GRAPHPRUNE_KERNELS_ISA");
+  if (!graphprune::force_isa(isa ? isa : ""))
+    return api->CreateStatus(ORT_INVALID_ARGUMENT,
+                             (std::string("graphprune kernels: GRAPHPRUNE_KERNELS_ISA=") + isa +
+                              " is not available on this CPU (generic, avx2, avx512)").c_str());
   std::lock_guard<std::mutex> lock(g_domains_mu);
   OrtCustomOpDomain* domain = nullptr;
   GP_RETURN_IF_ERROR(api->CreateCustomOpDomain(kDomain, &domain));

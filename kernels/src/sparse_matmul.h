@@ -53,7 +53,7 @@ struct AlignedAllocator {
 template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
-constexpr int64_t kPanelRows = 1024;
+constexpr int64_t kPanelRows = 512;
 
 struct PackedWeight {
   int64_t K = 0, N = 0;

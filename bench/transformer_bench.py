@@ -113,7 +113,7 @@ def compile_(args) -> None:
         lines.append(f"| {r['model']} | {r['weights_mb']:.0f} | {r['verify']} | "
                      f"{r['wall_s']:.2f} | {r['peak_mb']:.0f} | {over:.2f} | "
                      f"{r['param_ratio']:.3f} | {r['mac_ratio']:.3f} |")
-    write_results("transformers_compile", rows, "\n".join(lines))
+    write_results("transformers_compile_" + "_".join(args.models), rows, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- latency
@@ -164,7 +164,7 @@ def latency(args) -> None:
         lat = "failed" if r["latency_ratio"] is None else f"{r['latency_ratio']:.3f}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['original_ms'] or 0:.1f} | "
                      f"{r['pruned_ms'] or 0:.1f} | {lat} | {r['mac_ratio']:.3f} |")
-    write_results("transformers_latency", rows, "\n".join(lines))
+    write_results("transformers_latency_" + "_".join(args.models), rows, "\n".join(lines))
 
 
 def main(argv=None) -> int:

@@ -53,6 +53,7 @@ class Report:
     approximate: list[str] = field(default_factory=list)  # pruned across a normalisation
     seconds: dict[str, float] = field(default_factory=dict)
     criterion: str = ""  # the criterion that chose the channels (the plan's, when replayed)
+    criterion_note: str = ""  # where the criterion fell back to another (bn_scale -> l2)
     calibration: str = ""  # where statistics came from: the --calib data, or "" for none
     calibration_samples: int = 0  # calibration samples run through the model
     compensation: str = ""  # "" (off), or what compensation used
@@ -83,7 +84,8 @@ class Report:
             data = (f", calibration: {self.calibration_samples} samples from {self.calibration}"
                     if self.calibration_samples else
                     f", data-free statistics: {self.calibration}" if self.calibration else "")
-            lines.append(f"criterion: {self.criterion}{data}")
+            note = f" ({self.criterion_note})" if self.criterion_note else ""
+            lines.append(f"criterion: {self.criterion}{note}{data}")
         if self.compensation:
             from .compensation import Compensated, summarize
 
@@ -243,6 +245,9 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     if plan is None:
         plan = make_plan(analysis, graph, chooser, config)
     report.criterion = plan.criterion
+    if getattr(chooser, "fallbacks", 0) and plan.criterion == "bn_scale":
+        report.criterion_note = (f"l2 for {chooser.fallbacks} group(s) without a BatchNorm to "
+                                 f"read: none in the graph there, or the exporter folded it")
     if compensate:
         from .compensation import compensate as compensate_weights
 

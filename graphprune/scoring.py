@@ -77,6 +77,9 @@ class BNScale:
 
     name = "bn_scale"
 
+    def __init__(self):
+        self.fallbacks = 0  # groups without a folded BatchNorm, scored by L2 instead
+
     def score(self, group: Group, graph: Graph) -> np.ndarray:
         total = np.zeros(group.units)
         found = False
@@ -85,7 +88,10 @@ class BNScale:
             if scale is not None and space[1] == 1 and len(scale) == group.sizes[space]:
                 np.add.at(total, group.unit_of[space], scale)
                 found = True
-        return total if found else Magnitude(2).score(group, graph)
+        if not found:
+            self.fallbacks += 1
+            return Magnitude(2).score(group, graph)
+        return total
 
 
 class Random:

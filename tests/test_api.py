@@ -106,3 +106,16 @@ def test_unknown_criterion_and_bad_ratio():
 def test_public_api_is_small():
     assert set(graphprune.__all__) >= {"prune", "write", "analyze_model", "Plan", "PruneResult"}
     assert graphprune.__version__
+
+
+def test_bn_scale_says_where_it_fell_back_to_l2():
+    """Groups with no BatchNorm (a Gemm head) are scored by L2, and the report says so."""
+    with_bn = prune(BLOCKS["resnet_basic"](0), ratio=0.4, criterion="bn_scale", verify=False)
+    head = prune(BLOCKS["flatten_gemm"](0), ratio=0.4, criterion="bn_scale", verify=False)
+    graph, analysis = graphprune.analyze_model(BLOCKS["flatten_gemm"](0))
+    without_bn = sum(not any(t in graph.bn_scales for t, _ in g.spaces)
+                     for g in analysis.prunable)
+    assert with_bn.report.criterion_note == ""
+    assert head.report.criterion == "bn_scale" and without_bn >= 1
+    assert head.report.criterion_note.startswith(f"l2 for {without_bn} group")
+    assert f"l2 for {without_bn} group" in head.report.summary()

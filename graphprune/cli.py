@@ -17,6 +17,7 @@ from .api import DEFAULT_ROUND_TO, analyze_model, prune, sensitivity, write
 from .budget import Budget
 from .sensitivity import Sensitivity
 from .errors import GraphpruneError, UsageError
+from .io import write_text
 from .policy import Plan
 from .scoring import CRITERIA, DATA_CRITERIA
 
@@ -150,14 +151,14 @@ def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, cal
                        compensate=compensate)
         write(result, out, source=model)
         if save_plan is not None:
-            _write_text(save_plan, result.plan.to_json())
+            write_text(save_plan, result.plan.to_json())
         if report_path is not None:
             if report_path.suffix.lower() in (".html", ".htm"):
                 from .htmlreport import render
 
-                _write_text(report_path, render(result.report, result.plan))
+                write_text(report_path, render(result.report, result.plan))
             else:
-                _write_text(report_path, json.dumps(result.report.to_dict(), indent=1,
+                write_text(report_path, json.dumps(result.report.to_dict(), indent=1,
                                                     default=str))
         if not quiet:
             click.echo(result.report.summary())
@@ -210,7 +211,7 @@ def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
         sens = sensitivity(model, values, criterion=criterion, seed=seed,
                            progress=_progress(quiet, verbose))
         if output is not None:
-            _write_text(output, sens.to_json())
+            write_text(output, sens.to_json())
         if not quiet:
             click.echo(f"{'group':48s} " + " ".join(f"{r:>7.2f}" for r in sens.ratios))
             for key, errs in sorted(sens.errors.items(), key=lambda kv: -kv[1][-1]):
@@ -299,18 +300,6 @@ def _budget(ratio, global_rank, target_flops, target_params, max_group_ratio):
     if global_rank:
         return Budget("channels", 1.0 - ratio, max_group_ratio)
     return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    if not path.parent.exists():
-        raise UsageError(f"{path.parent}: directory does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,22 @@ def save_graph(shell: onnx.ModelProto, weights: dict[str, np.ndarray],
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """A small text file (plan, report), written atomically like models."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: directory does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__

@@ -43,13 +43,12 @@ import pathlib
 import re
 import sys
 import tempfile
-import time
 import warnings
 
 import numpy as np
 import onnx
 
-from models.zoo import EXPORTERS, _summary, _table, count_params, default_cache_dir
+from models.zoo import EXPORTERS, build_table, count_params, default_cache_dir
 
 TRANSFORMER_MODELS = (
     "bert",
@@ -439,36 +438,13 @@ def op_histogram(model: onnx.ModelProto) -> collections.Counter:
 
 
 def _cmd_build(args) -> int:
-    names = args.names or list(TRANSFORMER_MODELS)
-    exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
-    directory = default_cache_dir(args.cache_dir)
-    print(f"cache: {directory}", flush=True)
-    rows, failed, start = [], 0, time.perf_counter()
-    for name in names:
-        for exporter in exporters:
-            path = directory / f"{name}.{exporter}.onnx"
-            if args.force and path.exists():
-                path.unlink()
-            cached = path.exists()
-            t0 = time.perf_counter()
-            try:
-                transformer_model(name, exporter, directory)
-                model = onnx.load(str(path), load_external_data=False)
-                hist = op_histogram(model)
-                top = " ".join(f"{op}:{c}" for op, c in hist.most_common(args.top))
-                row = [name, exporter, "cached" if cached else "ok",
-                       "-" if cached else f"{time.perf_counter() - t0:.1f}",
-                       sum(hist.values()), count_params(model), top]
-            except Exception as exc:
-                failed += 1
-                print(f"{name} {exporter}: {exc}", file=sys.stderr, flush=True)
-                row = [name, exporter, f"failed ({_summary(exc)})",
-                       f"{time.perf_counter() - t0:.1f}", "-", "-", "-"]
-            print("  ".join(map(str, row)), file=sys.stderr, flush=True)  # progress
-            rows.append(row)
-    _table(rows, ["model", "exporter", "status", "seconds", "nodes", "params", "top ops"])
-    print(f"total {time.perf_counter() - start:.1f} s, {failed} failed", flush=True)
-    return 1 if failed else 0
+    def describe(model):
+        hist = op_histogram(model)
+        top = " ".join(f"{op}:{c}" for op, c in hist.most_common(args.top))
+        return [sum(hist.values()), count_params(model), top]
+
+    return build_table(args, TRANSFORMER_MODELS, transformer_model, describe,
+                       ["model", "exporter", "status", "seconds", "nodes", "params", "top ops"])
 
 
 def main(argv=None) -> int:

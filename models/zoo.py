@@ -342,8 +342,12 @@ def _summary(exc: BaseException, width: int = 90) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _cmd_build(args) -> int:
-    names = args.names or list(TORCHVISION_MODELS)
+def build_table(args, default_names, build, describe, headers) -> int:
+    """Build (or find cached) every name × exporter, printing progress and a table.
+
+    `build(name, exporter, directory)` exports one model; `describe(model)` gives the columns
+    after status and seconds. Shared by this zoo's and the transformer zoo's `build` command."""
+    names = args.names or list(default_names)
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
     directory = default_cache_dir(args.cache_dir)
     print(f"cache: {directory}", flush=True)
@@ -356,21 +360,26 @@ def _cmd_build(args) -> int:
             cached = path.exists()
             t0 = time.perf_counter()
             try:
-                torchvision_model(name, exporter, directory)
+                build(name, exporter, directory)
                 model = onnx.load(str(path), load_external_data=False)
                 row = [name, exporter, "cached" if cached else "ok",
-                       "-" if cached else f"{time.perf_counter() - t0:.1f}",
-                       len(model.graph.node), count_params(model)]
+                       "-" if cached else f"{time.perf_counter() - t0:.1f}", *describe(model)]
             except Exception as exc:
                 failed += 1
                 print(f"{name} {exporter}: {exc}", file=sys.stderr, flush=True)
-                reason = _summary(exc)
-                row = [name, exporter, f"failed ({reason})", f"{time.perf_counter() - t0:.1f}", "-", "-"]
+                row = [name, exporter, f"failed ({_summary(exc)})",
+                       f"{time.perf_counter() - t0:.1f}"] + ["-"] * (len(headers) - 4)
             print("  ".join(map(str, row)), file=sys.stderr, flush=True)  # progress
             rows.append(row)
-    _table(rows, ["model", "exporter", "status", "export s", "nodes", "params"])
+    _table(rows, headers)
     print(f"total {time.perf_counter() - start:.1f} s, {failed} failed", flush=True)
     return 1 if failed else 0
+
+
+def _cmd_build(args) -> int:
+    return build_table(args, TORCHVISION_MODELS, torchvision_model,
+                       lambda m: [len(m.graph.node), count_params(m)],
+                       ["model", "exporter", "status", "export s", "nodes", "params"])
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,8 @@ import onnx
 from .analysis import Analysis, analyze
 from .budget import Budget
 from .sensitivity import Sensitivity
+from .sparsify import DEFAULT_PATTERN, SparsifyConfig, SparsityReport, sparsify_graph, \
+    uses_sparse_ops
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
 from .io import check_structure, load_model, load_split, save_graph
 from .ir import Graph
@@ -58,6 +60,7 @@ class Report:
     calibration_samples: int = 0  # calibration samples run through the model
     compensation: str = ""  # "" (off), or what compensation used
     compensated: list[dict] = field(default_factory=list)  # one entry per consumer updated
+    sparsity: "SparsityReport | None" = None  # the --sparsity pass, when it ran
 
     @property
     def param_ratio(self) -> float:
@@ -69,6 +72,8 @@ class Report:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        if self.sparsity is not None:
+            data["sparsity"] = self.sparsity.to_dict()
         data["param_ratio"], data["mac_ratio"] = self.param_ratio, self.mac_ratio
         return data
 
@@ -96,6 +101,8 @@ class Report:
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
             lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "
                          f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}")
+        if self.sparsity is not None:
+            lines.append(self.sparsity.summary())
         if self.approximate:
             lines.append(f"approximate: {len(self.approximate)} pruned group(s) pass through a "
                          f"normalisation over the pruned channels (--prune-hidden); the output "
@@ -169,7 +176,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
           head_ratio: float | None = None, budget: Budget | None = None,
           prune_hidden: bool = False,
           progress: Progress | None = None, calib=None,
-          compensate: bool = False) -> PruneResult:
+          compensate: bool = False, sparse: SparsifyConfig | None = None) -> PruneResult:
     """Prune coupled channels of an ONNX model.
 
     `ratio` is the fraction of channels removed from every prunable group, `head_ratio` the
@@ -184,6 +191,10 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     statistics feed the data-aware criteria (`activation` needs them; `obs` uses them) and
     compensation. `compensate` folds the removed channels' contribution into the consumers
     (bias; with `calib` also a least-squares re-fit; see compensation.py) before surgery.
+
+    `sparse` then masks the remaining weights to a sparsity pattern and moves the nodes where
+    graphprune's sparse operators measure faster onto them (see sparsify.py); `ratio=0` with
+    `sparse` only sparsifies. The result then needs graphprune.kernels to run.
     """
     say = progress or (lambda _msg: None)
     clock = _Clock()
@@ -209,6 +220,10 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     report.macs_before = count_macs(graph)  # canonical shapes are complete; MACs unchanged
     clock.lap(report, "canonicalize")
 
+    channels = not (sparse is not None and ratio == 0 and plan is None and budget is None)
+    if not channels:
+        return _sparsify_only(graph, interface, loaded_weights, report, reference, sparse,
+                              source, clock, say)
     say("analyzing channel dependencies")
     graph.options["prune_hidden"] = prune_hidden
     analysis = analyze(graph)
@@ -284,9 +299,48 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     clock.lap(report, "apply")
 
     _check_interface(interface, shell, loaded_weights, source)
+    if sparse is not None:
+        _sparsify(graph, report, sparse, clock, say)
     outcome = PruneResult(graph, plan, report)
     if reference is not None:
         say("running the pruned model in ONNX Runtime")
+        report.fidelity = _check_candidate(graph, *reference, source)
+        clock.lap(report, "verify")
+    return outcome
+
+
+def sparsify(model: ModelLike, sparsity: float = 0.9, pattern: str = DEFAULT_PATTERN, *,
+             verify: bool = True, seed: int = 0, progress: Progress | None = None,
+             **options) -> PruneResult:
+    """Only the sparsity pass: `prune(model, ratio=0, sparse=SparsifyConfig(...))`. `options`
+    are SparsifyConfig's other fields (batch, dims, threads, min_speedup, measure, exclude)."""
+    config = SparsifyConfig(sparsity=sparsity, pattern=pattern, **options)
+    return prune(model, ratio=0.0, sparse=config, verify=verify, seed=seed, progress=progress)
+
+
+def _sparsify(graph: Graph, report: Report, config: SparsifyConfig, clock: "_Clock",
+              say: Progress) -> None:
+    from .kernels import KernelsUnavailable
+
+    say(f"sparsifying ({config.pattern}, {config.sparsity:g})")
+    try:
+        report.sparsity = sparsify_graph(graph, config, progress=say)
+    except KernelsUnavailable as err:
+        raise UsageError(f"--sparsity needs graphprune's sparse-operator library, which is "
+                         f"not available: {_first_line(err)}") from None
+    clock.lap(report, "sparsify")
+
+
+def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, reference,
+                   config: SparsifyConfig, source: str, clock: "_Clock",
+                   say: Progress) -> PruneResult:
+    """The pipeline without channel pruning: canonical graph -> sparsity pass -> verify."""
+    report.params_after, report.macs_after = report.params_before, report.macs_before
+    _check_interface(interface, graph.to_model(embed_limit=-1), loaded_weights, source)
+    _sparsify(graph, report, config, clock, say)
+    outcome = PruneResult(graph, Plan(criterion="", ratio=0.0, round_to=1, groups=[]), report)
+    if reference is not None:
+        say("running the sparse model in ONNX Runtime")
         report.fidelity = _check_candidate(graph, *reference, source)
         clock.lap(report, "verify")
     return outcome
@@ -341,7 +395,7 @@ def _check_candidate(graph: Graph, feeds, expected, source: str) -> Fidelity:
         with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
             shell, weights = graph.split()
             path = save_graph(shell, weights, Path(tmp) / "candidate.onnx")
-            got = session(str(path)).run(None, feeds)
+            got = session(str(path), custom_ops=uses_sparse_ops(graph)).run(None, feeds)
     except Exception as err:
         raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
                                 f"({_first_line(err)}); nothing was written") from None

@@ -20,6 +20,8 @@ from .errors import GraphpruneError, UsageError
 from .io import write_text
 from .policy import Plan
 from .scoring import CRITERIA, DATA_CRITERIA
+from .sparsify import (DEFAULT_MIN_SPEEDUP, DEFAULT_PATTERN, DEFAULT_SEQUENCE, PATTERNS, Pattern,
+                       SparsifyConfig)
 
 
 class _DefaultToPrune(click.Group):
@@ -58,8 +60,9 @@ def _run(fn):
 
 @main.command("prune")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.4,
-              show_default=True, help="Fraction of channels removed from every prunable group.")
+@click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Fraction of channels removed from every prunable group "
+              "[default: 0.4; 0 with --sparsity].")
 @click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Fraction of attention heads removed [default: --ratio].")
 @click.option("--prune-hidden", is_flag=True,
@@ -106,6 +109,23 @@ def _run(fn):
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the report: a self-contained HTML page when the path ends in "
               ".html, JSON otherwise.")
+@click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Then zero this fraction of the remaining MatMul/Gemm/Conv weights and run "
+              "the nodes where it is measured faster on graphprune's sparse operators (the "
+              "model then needs graphprune.kernels to run).")
+@click.option("--pattern", help=f"Sparsity pattern of the [in, out] weight: "
+              f"{', '.join(PATTERNS)} [default: {DEFAULT_PATTERN}]. RxC blocks: R inputs x C "
+              f"outputs; N:M keeps N of every M inputs (its own sparsity).")
+@click.option("--sparse-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size the sparse-vs-dense timings use (set it to your serving batch).")
+@click.option("--sparse-dim", multiple=True, metavar="NAME=VALUE",
+              help="Value of a named dynamic input dim for the timings (e.g. sequence=128); "
+              f"unnamed non-batch dims use {DEFAULT_SEQUENCE}.")
+@click.option("--sparse-min-speedup", type=click.FloatRange(0.0), default=DEFAULT_MIN_SPEEDUP,
+              show_default=True, help="A node moves to a sparse op only when measured at "
+              "least this much faster than the dense op.")
+@click.option("--sparse-all", is_flag=True,
+              help="Move every eligible node to the sparse ops without timing them.")
 @click.option("--no-verify", is_flag=True, help="Skip running both models in ONNX Runtime.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the verification inputs.")
@@ -114,11 +134,16 @@ def _run(fn):
 def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, calib_path, calib_preprocess,
                   compensate, round_to, exclude, global_rank,
                   target_flops, target_params, max_group_ratio, sensitivity_path, save_plan,
-                  plan_path,
-                  report_path, no_verify, seed, quiet, verbose):
+                  plan_path, report_path, sparsity, pattern, sparse_batch, sparse_dim,
+                  sparse_min_speedup, sparse_all, no_verify, seed, quiet, verbose):
     """Prune MODEL and write the slimmed model."""
     def go():
         excluded = tuple(n.strip() for item in exclude for n in item.split(",") if n.strip())
+        sparse = _sparse_config(sparsity, pattern, sparse_batch, sparse_dim,
+                                sparse_min_speedup, sparse_all, excluded)
+        nonlocal ratio
+        if ratio is None:
+            ratio = 0.0 if sparse is not None else 0.4
         plan = None
         if plan_path is not None:
             if not plan_path.is_file():
@@ -148,7 +173,7 @@ def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, cal
                        exclude=excluded, plan=plan, verify=not no_verify, seed=seed,
                        head_ratio=head_ratio, budget=budget, prune_hidden=prune_hidden,
                        progress=_progress(quiet, verbose), calib=calib,
-                       compensate=compensate)
+                       compensate=compensate, sparse=sparse)
         write(result, out, source=model)
         if save_plan is not None:
             write_text(save_plan, result.plan.to_json())
@@ -288,6 +313,26 @@ def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, outpu
             click.echo(result.summary())
 
     _run(go)
+
+
+def _sparse_config(sparsity, pattern, batch, dims, min_speedup, sparse_all, excluded):
+    """The --sparsity options as a SparsifyConfig, or None when --sparsity is absent."""
+    if sparsity is None:
+        if pattern is not None:
+            raise UsageError("--pattern needs --sparsity (e.g. --sparsity 0.9 --pattern 4x1)")
+        return None
+    values = {}
+    for item in dims:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise UsageError(f"--sparse-dim {item!r}: expected NAME=VALUE with a positive "
+                             f"integer, e.g. sequence=128")
+        values[name.strip()] = int(value)
+    config = SparsifyConfig(sparsity=sparsity, pattern=pattern or DEFAULT_PATTERN, batch=batch,
+                            dims=values, min_speedup=min_speedup, measure=not sparse_all,
+                            exclude=excluded)
+    Pattern.parse(config.pattern)  # a bad pattern fails before any work
+    return config
 
 
 def _budget(ratio, global_rank, target_flops, target_params, max_group_ratio):

@@ -21,8 +21,15 @@ class Fidelity:
     top1_agreement: float | None  # for classifier-like outputs [N, classes]
 
 
-def session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
+def session(model: onnx.ModelProto | bytes | str, threads: int = 1,
+            custom_ops: bool = False) -> ort.InferenceSession:
+    """A session for checking outputs; `custom_ops` registers graphprune's sparse operators."""
+    if custom_ops:
+        from .kernels import session_options
+
+        opts = session_options(threads)
+    else:
+        opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3

@@ -1,0 +1,494 @@
+"""Sparsity: mask weights to a pattern and move the nodes where it pays onto our sparse ops.
+
+ONNX Runtime densifies sparse weights, so zeros alone buy nothing. This pass
+ 1. finds the MatMul / Gemm / Conv nodes with a constant weight that graphprune's operators can
+    run (Conv: 2-D, group 1), with the bias Add and Relu/Gelu that follow them fused in;
+ 2. masks each weight to the pattern (`4x1`, `1x4`, `4x4`, `8x1` blocks of the [K, N] weight,
+    `2:4`/`4:8` N:M along K, or `unstructured`), weakest blocks first by L2 magnitude;
+ 3. times the dense node and the sparse op on this machine for every distinct shape
+    (costmodel.py) and rewrites a node only when the sparse op is measurably faster;
+    the others keep their dense, unmasked weights and the report says why.
+The rewritten model needs graphprune's custom-op library to run (graphprune.kernels).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UsageError
+from .ir import Graph
+
+Progress = Callable[[str], None]
+
+BLOCK_PATTERNS = ("1x4", "4x1", "4x4", "8x1")
+PATTERNS = BLOCK_PATTERNS + ("2:4", "4:8", "unstructured")
+DEFAULT_PATTERN = "1x4"
+DEFAULT_MIN_SPEEDUP = 1.1  # measured timings are noisy: a node must win clearly to move
+DEFAULT_SEQUENCE = 128  # stand-in for dynamic dims other than the batch, when timing
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A sparsity pattern of the [K, N] weight (K: input features, N: outputs)."""
+
+    text: str
+    format: str  # graphprune.kernels format: bsr | csr | nm
+    block: tuple[int, int] = (1, 1)  # bsr: rows along K x columns along N
+    nm: tuple[int, int] = (2, 4)
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        t = text.strip().lower()
+        if t in ("unstructured", "csr"):
+            return cls("unstructured", "csr")
+        if t in BLOCK_PATTERNS:
+            r, c = (int(v) for v in t.split("x"))
+            return cls(t, "bsr", block=(r, c))
+        m = re.fullmatch(r"(\d+):(\d+)", t)
+        if m and 1 <= int(m.group(1)) < int(m.group(2)) <= 64:
+            return cls(t, "nm", nm=(int(m.group(1)), int(m.group(2))))
+        raise UsageError(f"--pattern {text!r}: use one of {', '.join(PATTERNS)} "
+                         f"(blocks are rows along the input features x columns along the "
+                         f"outputs; N:M keeps N of every M weights along the input)")
+
+    def sparsity(self, requested: float) -> float:
+        """N:M fixes its own sparsity (1 - N/M); the others take the requested one."""
+        return 1.0 - self.nm[0] / self.nm[1] if self.format == "nm" else requested
+
+    def mask(self, w_kn: np.ndarray, sparsity: float) -> np.ndarray:
+        from .kernels import mask_blocks, mask_nm, mask_unstructured
+
+        if self.format == "bsr":
+            return mask_blocks(w_kn, sparsity, self.block)
+        if self.format == "nm":
+            return mask_nm(w_kn, *self.nm)
+        return mask_unstructured(w_kn, sparsity)
+
+
+@dataclass
+class Candidate:
+    """One node the sparse ops can run, with the epilogue fused into it."""
+
+    node: onnx.NodeProto
+    op: str  # MatMul | Gemm | Conv
+    x: str  # activation input
+    weight: str  # the initializer masked
+    w_kn: np.ndarray  # the weight as [K, N]
+    bias: np.ndarray | None
+    activation: str  # none | relu | gelu
+    absorbed: list[onnx.NodeProto]  # bias Add / activation nodes folded in
+    output: str  # what the rewritten node writes
+    conv: dict | None = None  # Conv: kernel_shape, strides, pads, dilations
+
+    def signature(self, x_shape: tuple) -> str:
+        k, n = self.w_kn.shape
+        conv = "" if self.conv is None else "|" + ",".join(
+            f"{a}={tuple(v)}" for a, v in sorted(self.conv.items()))
+        return (f"{self.op if self.conv is None else 'Conv'}|x={tuple(x_shape)}|k={k}|n={n}"
+                f"|bias={self.bias is not None}|act={self.activation}{conv}")
+
+
+@dataclass
+class NodeDecision:
+    node: str
+    op: str
+    shape: str  # "M x K x N" (MatMul) or the Conv's input and kernel
+    decision: str  # "sparse" or "dense"
+    reason: str = ""
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+    speedup: float | None = None
+    weights: int = 0
+    zeros: int = 0
+
+
+@dataclass
+class SparsityReport:
+    pattern: str = ""
+    sparsity: float = 0.0
+    batch: int = 1
+    dims: dict = field(default_factory=dict)
+    threads: int = 2
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
+    measured: bool = True
+    timings_run: int = 0  # shapes timed now (the rest came from the cost-model cache)
+    nodes: list[NodeDecision] = field(default_factory=list)
+    ineligible: dict[str, str] = field(default_factory=dict)  # node -> why not a candidate
+
+    @property
+    def rewritten(self) -> list[NodeDecision]:
+        return [d for d in self.nodes if d.decision == "sparse"]
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["rewritten_nodes"] = len(self.rewritten)
+        return data
+
+    def summary(self) -> str:
+        sparse = self.rewritten
+        zeros = sum(d.zeros for d in sparse)
+        total = sum(d.weights for d in sparse)
+        dense_ms = sum(d.dense_ms or 0.0 for d in sparse)
+        sparse_ms = sum(d.sparse_ms or 0.0 for d in sparse)
+        lines = [f"sparsity: {len(sparse)} of {len(self.nodes)} candidate nodes moved to "
+                 f"graphprune sparse ops ({self.pattern}, {self.sparsity:.0%} of their "
+                 f"{total:,} weights zero: {zeros:,})"]
+        if self.measured and sparse:
+            lines.append(f"  measured at batch {self.batch}, {self.threads} threads: those nodes "
+                         f"{dense_ms:.3f} ms dense -> {sparse_ms:.3f} ms sparse "
+                         f"(x{sparse_ms / dense_ms:.2f})" if dense_ms else "")
+        kept = [d for d in self.nodes if d.decision == "dense"]
+        reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
+        for d in kept:
+            kind = d.reason.split(" (")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:4]:
+            lines.append(f"  kept dense x{count}: {reason}")
+        if self.ineligible:
+            lines.append(f"  not eligible: {len(self.ineligible)} MatMul/Gemm/Conv nodes "
+                         f"(e.g. {next(iter(self.ineligible.items()))[1]})")
+        return "\n".join(line for line in lines if line)
+
+
+@dataclass
+class SparsifyConfig:
+    sparsity: float = 0.9
+    pattern: str = DEFAULT_PATTERN
+    batch: int = 1  # the batch the timings use
+    dims: dict = field(default_factory=dict)  # dynamic dim name -> value for timing
+    threads: int = 2
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
+    measure: bool = True  # False: rewrite every candidate without timing
+    exclude: tuple[str, ...] = ()
+    use_cache: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# candidates
+
+
+def find_candidates(graph: Graph, exclude: tuple[str, ...] = ()
+                    ) -> tuple[list[Candidate], dict[str, str]]:
+    """Nodes the sparse ops can run, and for the other MatMul/Gemm/Conv nodes the reason."""
+    outputs = set(graph.output_names)
+    found, ineligible = [], {}
+    taken: set[int] = set()  # nodes absorbed by an earlier candidate
+    for node in graph.nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        name = node.name or node.output[0]
+        if id(node) in taken:
+            continue
+        if name in exclude or any(t in exclude for t in list(node.input) + list(node.output)):
+            ineligible[name] = "excluded"
+            continue
+        made = _candidate(graph, node, outputs)
+        if isinstance(made, str):
+            ineligible[name] = made
+            continue
+        taken.update(id(n) for n in made.absorbed)
+        found.append(made)
+    return found, ineligible
+
+
+def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candidate | str:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    w = graph.const(node.input[1]) if len(node.input) > 1 else None
+    if w is None or node.input[0] in graph.weights:
+        return "the weight is not a constant (or both operands are)"
+    if w.dtype != np.float32:
+        return f"weight type {w.dtype} (the sparse ops are float32)"
+    bias, conv = None, None
+    if node.op_type == "MatMul":
+        if w.ndim != 2:
+            return f"weight of rank {w.ndim} (a batched MatMul)"
+        if (graph.rank(node.input[0]) or 0) < 2:
+            return "input of rank < 2"
+        w_kn = w
+    elif node.op_type == "Gemm":
+        if attrs.get("transA", 0):
+            return "transA=1"
+        w_kn = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
+        if len(node.input) > 2 and node.input[2]:
+            c = graph.const(node.input[2])
+            if c is None or c.size not in (1, w_kn.shape[1]):
+                return "the bias C is not a constant of size N"
+            bias = np.broadcast_to(c.reshape(-1) * np.float32(attrs.get("beta", 1.0)),
+                                   (w_kn.shape[1],)).astype(np.float32)
+    else:  # Conv
+        if w.ndim != 4:
+            return f"a {w.ndim - 2}-D convolution (the sparse op is 2-D)"
+        if attrs.get("group", 1) != 1:
+            return f"group={attrs['group']} (the sparse op needs group 1)"
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+            return "auto_pad SAME_* (export with explicit pads)"
+        kh, kw = w.shape[2:]
+        conv = {"kernel_shape": [int(kh), int(kw)],
+                "strides": [int(v) for v in attrs.get("strides", [1, 1])],
+                "pads": [int(v) for v in attrs.get("pads", [0, 0, 0, 0])],
+                "dilations": [int(v) for v in attrs.get("dilations", [1, 1])]}
+        if not _is_pointwise(conv) and not _KXK_CONV:
+            return "a k x k or strided convolution (this kernel library runs 1x1 only)"
+        w_kn = w.reshape(w.shape[0], -1).T
+        if len(node.input) > 2 and node.input[2]:
+            bias = graph.const(node.input[2])
+            if bias is None:
+                return "the bias is not a constant"
+    absorbed: list[onnx.NodeProto] = []
+    out = node.output[0]
+    n = w_kn.shape[1]
+    nxt = _sole_consumer(graph, out, outputs)
+    if node.op_type == "MatMul" and nxt is not None and nxt.op_type == "Add" and not nxt.domain:
+        other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+        c = graph.const(other)
+        if c is not None and c.size == n and c.shape[-1:] == (n,) and \
+                len(c.shape) <= (graph.rank(out) or 0):
+            bias = c.reshape(-1).astype(np.float32)
+            absorbed.append(nxt)
+            out = nxt.output[0]
+            nxt = _sole_consumer(graph, out, outputs)
+    activation = "none"
+    if nxt is not None and _activation(nxt):
+        activation = _activation(nxt)
+        absorbed.append(nxt)
+        out = nxt.output[0]
+    return Candidate(node=node, op=node.op_type, x=node.input[0], weight=node.input[1],
+                     w_kn=np.ascontiguousarray(w_kn, dtype=np.float32),
+                     bias=None if bias is None else np.asarray(bias, np.float32).reshape(-1),
+                     activation=activation, absorbed=absorbed, output=out, conv=conv)
+
+
+def _has_kxk_conv() -> bool:
+    from . import kernels
+
+    return hasattr(kernels, "make_sparse_conv_node")
+
+
+_KXK_CONV = _has_kxk_conv()
+
+
+def _sole_consumer(graph: Graph, tensor: str, outputs: set[str]) -> onnx.NodeProto | None:
+    users = graph.consumers(tensor)
+    if tensor in outputs or len(users) != 1:
+        return None
+    return users[0]
+
+
+def _activation(node: onnx.NodeProto) -> str:
+    if node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
+        return "relu"
+    if node.op_type == "Gelu":
+        approx = next((helper.get_attribute_value(a) for a in node.attribute
+                       if a.name == "approximate"), b"none")
+        if node.domain == "com.microsoft" or approx in (b"none", "none"):
+            return "gelu"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# timing shapes
+
+
+def timing_shapes(graph: Graph, batch: int, dims: dict[str, int]) -> dict[str, tuple]:
+    """Shapes of every tensor with the dynamic input dims set to the timing values: `dims` by
+    name, otherwise `batch` for an input's first axis and DEFAULT_SEQUENCE for the others."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    for vi in model.graph.input:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            value = dims.get(d.dim_param, batch if axis == 0 else DEFAULT_SEQUENCE)
+            d.Clear()
+            d.dim_value = int(value)
+    bound = dataclasses.replace(graph, model=model, shapes={}, dtypes={}, dynamic={})
+    bound.reindex()
+    bound.infer_shapes()
+    return bound.shapes
+
+
+# --------------------------------------------------------------------------------------------
+# the pass
+
+
+def sparsify_graph(graph: Graph, config: SparsifyConfig,
+                   progress: Progress | None = None) -> SparsityReport:
+    """Mask and rewrite `graph` in place; returns what was done per node."""
+    say = progress or (lambda _msg: None)
+    pattern = Pattern.parse(config.pattern)
+    sparsity = pattern.sparsity(config.sparsity)
+    if not 0.0 < sparsity < 1.0:
+        raise UsageError(f"--sparsity {config.sparsity}: must be between 0 and 1 (exclusive)")
+    report = SparsityReport(pattern=pattern.text, sparsity=sparsity, batch=config.batch,
+                            dims=dict(config.dims), threads=config.threads,
+                            min_speedup=config.min_speedup, measured=config.measure)
+    candidates, report.ineligible = find_candidates(graph, config.exclude)
+    if not candidates:
+        return report
+    shapes = timing_shapes(graph, config.batch, config.dims) if config.measure else {}
+    cost = None
+    if config.measure:
+        from .costmodel import CostModel
+
+        cost = CostModel(threads=config.threads, use_cache=config.use_cache)
+    rewrites = []
+    for i, cand in enumerate(candidates):
+        name = cand.node.name or cand.node.output[0]
+        masked = pattern.mask(cand.w_kn, sparsity)
+        node, inits = _sparse_node(graph, cand, masked, pattern, name)
+        decision = NodeDecision(node=name, op=cand.op, shape=_shape_text(cand),
+                                decision="sparse", weights=int(masked.size),
+                                zeros=int(masked.size - np.count_nonzero(masked)))
+        if cost is not None:
+            x_shape = shapes.get(cand.x)
+            if x_shape is None or any(not d for d in x_shape):
+                decision.decision, decision.reason = "dense", "input shape unknown, cannot time it"
+                report.nodes.append(decision)
+                continue
+            say(f"timing {name} ({i + 1}/{len(candidates)})")
+            timing = _time(cost, cand, masked, node, inits, x_shape, pattern, sparsity)
+            decision.dense_ms, decision.sparse_ms = round(timing.dense_ms, 5), round(
+                timing.sparse_ms, 5)
+            decision.speedup = round(timing.speedup, 3)
+            decision.shape = _shape_text(cand, x_shape)
+            if timing.speedup < config.min_speedup:
+                decision.decision = "dense"
+                decision.reason = (f"sparse op not fast enough at this shape (measured "
+                                   f"{timing.speedup:.2f}x, needs >= {config.min_speedup:g}x)")
+        report.nodes.append(decision)
+        if decision.decision == "sparse":
+            rewrites.append((cand, node, inits))
+    report.timings_run = cost.measured if cost is not None else 0
+    _rewrite(graph, rewrites)
+    return report
+
+
+def _sparse_node(graph: Graph, cand: Candidate, masked: np.ndarray, pattern: Pattern, name: str):
+    from .kernels import make_sparse_matmul_node, pack
+
+    base = graph.unique_name(f"{name}.sparse")
+    if cand.conv is not None and not _is_pointwise(cand.conv):
+        from .kernels import make_sparse_conv_node
+
+        o = masked.shape[1]
+        weight = masked.T.reshape((o,) + graph.weights[cand.weight].shape[1:])
+        return make_sparse_conv_node(weight, cand.x, cand.output, name=base, prefix=base,
+                                     format=pattern.format, block=pattern.block, nm=pattern.nm,
+                                     bias=cand.bias, activation=cand.activation, **cand.conv)
+    sw = pack(masked, format=pattern.format, block=pattern.block, nm=pattern.nm)
+    return make_sparse_matmul_node(sw, cand.x, cand.output, name=base, prefix=base,
+                                   bias=cand.bias, activation=cand.activation,
+                                   conv=cand.conv is not None)
+
+
+def _is_pointwise(conv: dict) -> bool:
+    return (conv["kernel_shape"] == [1, 1] and conv["strides"] == [1, 1]
+            and not any(conv["pads"]))
+
+
+def _time(cost, cand: Candidate, masked: np.ndarray, node, inits, x_shape, pattern: Pattern,
+          sparsity: float):
+    from .costmodel import dense_node_model, sparse_node_model
+
+    if cand.conv is None:  # leading dims are rows: time X as [M, K]
+        rows = int(np.prod(x_shape[:-1]))
+        x_shape = (rows, x_shape[-1])
+        dense = dense_node_model("MatMul", x_shape, cand.w_kn, cand.bias, cand.activation)
+    else:
+        w = cand.w_kn.T.reshape((cand.w_kn.shape[1], x_shape[1]) + tuple(cand.conv["kernel_shape"]))
+        dense = dense_node_model("Conv", x_shape, w, cand.bias, cand.activation, cand.conv)
+    sparse = sparse_node_model(node, inits, x_shape)
+    feeds = {"X": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    key = f"{cand.signature(x_shape)}|{pattern.text}|s={sparsity:.3f}"
+    return cost.measure(key, dense, sparse, feeds)
+
+
+def _shape_text(cand: Candidate, x_shape: tuple | None = None) -> str:
+    k, n = cand.w_kn.shape
+    if cand.conv is not None:
+        kh, kw = cand.conv["kernel_shape"]
+        x = "x".join(str(d) for d in x_shape) if x_shape else "?"
+        return f"{x} * {n}x{k // (kh * kw)}x{kh}x{kw}"
+    rows = "?" if x_shape is None else str(int(np.prod(x_shape[:-1])))
+    return f"{rows} x {k} x {n}"
+
+
+def _rewrite(graph: Graph, rewrites) -> None:
+    from .kernels import DOMAIN, OPSET_VERSION
+
+    if not rewrites:
+        return
+    replace = {id(c.node): node for c, node, _ in rewrites}
+    drop = {id(n) for c, _, _ in rewrites for n in c.absorbed}
+    graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in drop]
+    for _, _, inits in rewrites:
+        for t in inits:
+            graph.weights[t.name] = numpy_helper.to_array(t)
+    if not any(o.domain == DOMAIN for o in graph.model.opset_import):
+        graph.model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    graph.reindex()
+    for name in [n for n in graph.weights if not graph._used(n)]:
+        del graph.weights[name]
+
+
+def uses_sparse_ops(model: onnx.ModelProto | Graph) -> bool:
+    """Whether a model needs graphprune's custom-op library to run."""
+    from .kernels import DOMAIN
+
+    nodes = model.nodes if isinstance(model, Graph) else model.graph.node
+    return any(n.domain == DOMAIN for n in nodes)
+
+
+def mask_graph(graph: Graph, config: SparsifyConfig) -> int:
+    """Mask every candidate's weight in place, keeping the dense ops: the zero-weight model a
+    runtime that exploits sparsity itself (DeepSparse) or an accuracy measurement reads.
+    Returns the number of weights masked."""
+    pattern = Pattern.parse(config.pattern)
+    sparsity = pattern.sparsity(config.sparsity)
+    candidates, _ = find_candidates(graph, config.exclude)
+    done = 0
+    for cand in candidates:
+        masked = pattern.mask(cand.w_kn, sparsity)
+        _store_masked(graph, cand, masked)
+        done += 1
+    return done
+
+
+def _store_masked(graph: Graph, cand: Candidate, masked: np.ndarray) -> None:
+    """Write a masked [K, N] weight back in the node's own layout, under a new name when other
+    nodes share the original."""
+    original = graph.weights[cand.weight]
+    attrs = {a.name: helper.get_attribute_value(a) for a in cand.node.attribute}
+    if cand.op == "Conv":
+        value = masked.T.reshape(original.shape)
+    elif cand.op == "Gemm":
+        alpha = np.float32(attrs.get("alpha", 1.0))
+        value = (masked.T if attrs.get("transB", 0) else masked) / (alpha if alpha else 1)
+    else:
+        value = masked
+    value = np.ascontiguousarray(value, dtype=original.dtype)
+    if len(graph.consumers(cand.weight)) > 1:
+        name = graph.unique_name(f"{cand.weight}.masked")
+        cand.node.input[1] = name
+        graph.weights[name] = value
+        graph.reindex()
+    else:
+        graph.weights[cand.weight] = value
+
+
+def masked_reference(graph: Graph, report: SparsityReport, config: SparsifyConfig) -> None:
+    """Mask, in a dense graph, exactly the nodes `report` moved to sparse ops: the model whose
+    outputs the sparse one must reproduce (tests)."""
+    pattern = Pattern.parse(config.pattern)
+    sparsity = pattern.sparsity(config.sparsity)
+    moved = {d.node for d in report.rewritten}
+    candidates, _ = find_candidates(graph, config.exclude)
+    for cand in candidates:
+        if (cand.node.name or cand.node.output[0]) in moved:
+            _store_masked(graph, cand, pattern.mask(cand.w_kn, sparsity))

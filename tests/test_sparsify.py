@@ -1,0 +1,200 @@
+"""The sparsity pass: candidates, masking, the measured keep-dense decision, and that the
+rewritten model computes exactly what the masked dense model computes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import graphprune
+from graphprune import kernels
+from graphprune.api import canonicalize, load_graph
+from graphprune.cli import main
+from graphprune.sparsify import (PATTERNS, Pattern, SparsifyConfig, find_candidates,
+                                 masked_reference, uses_sparse_ops)
+from graphprune.verify import random_inputs
+from models.attention import ATTENTION_BLOCKS
+from models.blocks import BLOCKS
+
+
+@pytest.fixture(autouse=True)
+def _private_cost_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_COSTMODEL_CACHE", str(tmp_path / "costmodel.json"))
+
+
+def _mlp(seed=0, k=40, hidden=72, n=24, gelu=True) -> onnx.ModelProto:
+    """MatMul+Add+Gelu, MatMul+Add+Relu, Gemm(transB) — the fusible epilogues."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, hidden)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((hidden, hidden)).astype(np.float32),
+                                     "w2"),
+             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b2"),
+             numpy_helper.from_array(rng.standard_normal((n, hidden)).astype(np.float32), "w3"),
+             numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+             helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1.bias"),
+             helper.make_node("Gelu" if gelu else "Relu", ["h1b"], ["a1"], name="act1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
+             helper.make_node("Add", ["b2", "h2"], ["h2b"], name="fc2.bias"),
+             helper.make_node("Relu", ["h2b"], ["a2"], name="act2"),
+             helper.make_node("ReduceMean", ["a2", "axes"], ["f"], keepdims=0, name="pool"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, alpha=0.5, name="fc3")]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", 5, k])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["batch", n])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _canonical(model):
+    _, graph = load_graph(model)
+    canonicalize(graph)
+    return graph
+
+
+def _run_dense(model: onnx.ModelProto, feeds):
+    return ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _assert_close(got, want):
+    for a, b in zip(got, want):
+        scale = max(float(np.abs(b).max()), 1e-6)
+        assert float(np.abs(a - b).max()) <= 1e-4 * scale
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_pattern_parse():
+    assert Pattern.parse("4x1").block == (4, 1) and Pattern.parse("4x1").format == "bsr"
+    assert Pattern.parse("2:4").format == "nm" and Pattern.parse("2:4").sparsity(0.9) == 0.5
+    assert Pattern.parse("Unstructured").format == "csr"
+    for bad in ("3x3", "4:2", "dense", "0:4"):
+        with pytest.raises(graphprune.UsageError, match="--pattern"):
+            Pattern.parse(bad)
+
+
+def test_candidates_fuse_bias_and_activation():
+    graph = _canonical(_mlp())
+    found, ineligible = find_candidates(graph)
+    by = {c.node.name: c for c in found}
+    assert set(by) == {"fc1", "fc2", "fc3"}, ineligible
+    assert by["fc1"].activation == "gelu" and by["fc1"].output == "a1"
+    assert by["fc2"].activation == "relu" and by["fc2"].bias is not None  # Add(bias, x) order
+    fc3 = by["fc3"]
+    w3 = numpy_helper.to_array(_mlp().graph.initializer[4])
+    np.testing.assert_allclose(fc3.w_kn, 0.5 * w3.T)  # transB and alpha folded
+    assert fc3.activation == "none" and fc3.output == "y"
+
+
+def test_grouped_conv_is_not_a_candidate_and_says_why():
+    graph = _canonical(BLOCKS["mobilenet_v2"](0))
+    _, ineligible = find_candidates(graph)
+    assert any("group=" in why for why in ineligible.values())
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_sparse_model_equals_masked_dense_mlp(pattern):
+    model = _mlp()
+    config = SparsifyConfig(sparsity=0.8, pattern=pattern, measure=False)
+    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
+    assert uses_sparse_ops(result.graph)
+    assert len(result.report.sparsity.rewritten) == 3
+    reference = _canonical(model)
+    masked_reference(reference, result.report.sparsity, config)
+    for batch in (1, 3):
+        feeds = random_inputs(model, seed=batch, batch=batch)
+        got = kernels.session(result.model, threads=2).run(None, feeds)
+        _assert_close(got, _run_dense(reference.to_model(), feeds))
+
+
+@pytest.mark.parametrize("name", ["resnet_bottleneck", "flatten_gemm", "yolo_csp"])
+@pytest.mark.parametrize("pattern", ["4x1", "unstructured", "2:4"])
+def test_sparse_cnn_equals_masked_dense(name, pattern):
+    model = BLOCKS[name](0)
+    config = SparsifyConfig(sparsity=0.9, pattern=pattern, measure=False)
+    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
+    assert result.report.sparsity.rewritten
+    reference = _canonical(model)
+    masked_reference(reference, result.report.sparsity, config)
+    feeds = random_inputs(model, seed=1, batch=2)
+    _assert_close(kernels.session(result.model).run(None, feeds),
+                  _run_dense(reference.to_model(), feeds))
+
+
+@pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
+def test_sparse_attention_block_equals_masked_dense(name):
+    model = ATTENTION_BLOCKS[name](0)
+    config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)
+    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
+    assert result.report.sparsity.rewritten
+    reference = _canonical(model)
+    masked_reference(reference, result.report.sparsity, config)
+    feeds = random_inputs(model, seed=2, batch=2)
+    _assert_close(kernels.session(result.model).run(None, feeds),
+                  _run_dense(reference.to_model(), feeds))
+
+
+def test_measured_decision_keeps_slow_nodes_dense():
+    model = _mlp()
+    strict = SparsifyConfig(sparsity=0.9, pattern="1x4", min_speedup=1e9)
+    result = graphprune.prune(model, ratio=0.0, sparse=strict)
+    report = result.report.sparsity
+    assert not report.rewritten and not uses_sparse_ops(result.graph)
+    assert all(d.decision == "dense" and "not fast enough" in d.reason for d in report.nodes)
+    assert all(d.dense_ms > 0 and d.sparse_ms > 0 for d in report.nodes)
+    assert report.timings_run == 3
+    # dense nodes keep their weights untouched: the output is the original's
+    assert result.report.fidelity.max_abs_error == 0.0
+    again = graphprune.prune(model, ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="1x4", min_speedup=0.0))
+    assert again.report.sparsity.timings_run == 0  # served from the cost-model cache
+    assert len(again.report.sparsity.rewritten) == 3 and uses_sparse_ops(again.graph)
+
+
+def test_prune_then_sparsify(tmp_path):
+    model = BLOCKS["resnet_bottleneck"](0)
+    config = SparsifyConfig(sparsity=0.8, pattern="4x4", measure=False)
+    result = graphprune.prune(model, ratio=0.4, sparse=config)
+    assert result.report.groups_pruned > 0 and result.report.sparsity.rewritten
+    assert result.report.fidelity is not None
+    out = graphprune.write(result, tmp_path / "m.onnx")
+    written = onnx.load(out)
+    onnx.checker.check_model(written)
+    assert [o.name for o in written.graph.output] == [o.name for o in model.graph.output]
+    assert any(o.domain == kernels.DOMAIN for o in written.opset_import)
+
+
+def test_cli_sparsity(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(_mlp(), src)
+    out = tmp_path / "m.sparse.onnx"
+    res = CliRunner().invoke(main, [str(src), "--sparsity", "0.9", "--pattern", "4x1",
+                                    "--sparse-all", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "sparsity: 3 of 3 candidate nodes" in res.output
+    model = onnx.load(out)
+    assert sum(n.domain == kernels.DOMAIN for n in model.graph.node) == 3
+    feeds = random_inputs(model, batch=2)
+    assert kernels.session(str(out)).run(None, feeds)[0].shape == (2, 24)
+    assert "groups:" not in res.output.splitlines()[0] or "0 pruned" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "0.9", "--pattern", "3x3"], "--pattern '3x3'"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--pattern", "4x1"], "--pattern needs --sparsity"),
+    (["--sparsity", "0.9", "--sparse-dim", "seq"], "--sparse-dim"),
+])
+def test_cli_sparsity_errors(tmp_path, args, message):
+    src = tmp_path / "m.onnx"
+    onnx.save(_mlp(), src)
+    res = CliRunner().invoke(main, [str(src), *args, "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.onnx").exists()

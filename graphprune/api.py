@@ -27,12 +27,18 @@ from .scoring import make_criterion
 from .surgery import apply_plan
 from .verify import Fidelity, compare, session, session_inputs
 
-# Kept channel counts are rounded to this multiple by default: ONNX Runtime's CPU conv and GEMM
-# kernels work in blocks of 8/16 floats, and counts off those blocks waste the work saved
-# (bench/latency measures the choice).
-DEFAULT_ROUND_TO = 8
+# Kept channel counts are rounded for ONNX Runtime's CPU kernels by default: "auto" rounds to
+# the block of its NCHWc conv kernels on this CPU (16 floats with AVX-512F, 8 with AVX2), rounds
+# each Concat input / Split output of a group on its own, keeps a grouped conv's per-group count
+# a multiple of the block and never splits a one-block group (policy.Rounding). Counts off the
+# block pad the kernels' work, drop convs, pools and concats out of the blocked layout (reorder
+# nodes around them), or send a conv reading < 16 channels to the slow non-blocked path: at
+# ratio 0.4, RegNetX, DenseNet, SqueezeNet and MobileNet lost most of their speed-up that way
+# (bench/latency measures the choice; an int N still rounds every count to multiples of N).
+DEFAULT_ROUND_TO = "auto"
 
 ModelLike = str | os.PathLike | onnx.ModelProto
+_SPARSE_DOMAIN = "graphprune"  # graphprune.kernels.DOMAIN, without importing the kernels
 _CHECK_EMBED_LIMIT = 4096  # weights above this size are declared, not copied, for the checker
 Progress = Callable[[str], None]
 
@@ -171,7 +177,7 @@ def analyze_model(model: ModelLike) -> tuple[Graph, Analysis]:
 
 
 def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
-          round_to: int = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
+          round_to: int | str = DEFAULT_ROUND_TO, exclude: tuple[str, ...] = (),
           plan: Plan | None = None, verify: bool = True, seed: int = 0,
           head_ratio: float | None = None, budget: Budget | None = None,
           prune_hidden: bool = False,
@@ -375,10 +381,25 @@ def write(result: PruneResult, path: str | os.PathLike, source: str | None = Non
 
 def _run_reference(model: ModelLike, source: str, seed: int):
     """Outputs of the input model on seeded random inputs."""
+    from .kernels import KernelsUnavailable, how_to_load
+
+    target = str(model) if not isinstance(model, onnx.ModelProto) else model
     try:
-        sess = session(str(model) if not isinstance(model, onnx.ModelProto) else model)
+        try:
+            sess = session(target)
+        except Exception as err:  # an input that already uses our sparse operators
+            if f"{_SPARSE_DOMAIN}:" not in str(err):
+                raise
+            ops = re.findall(rf"{_SPARSE_DOMAIN}:(\w+)", str(err))
+            try:
+                sess = session(target, custom_ops=True)
+            except KernelsUnavailable as missing:
+                raise UsageError(f"{source}: {how_to_load(ops, 'the model')}; the library is "
+                                 f"not available here ({_first_line(missing)})") from None
         feeds = session_inputs(sess, seed)
         return feeds, sess.run(None, feeds)
+    except UsageError:
+        raise
     except Exception as err:
         if not isinstance(model, onnx.ModelProto):
             load_model(model)  # a load problem gets its own, clearer message

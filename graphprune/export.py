@@ -5,6 +5,7 @@ One folder holds everything a deployment needs and nothing else:
     model.onnx                        the (pruned) model; fp16 weights where that was kept
     model.onnx.data                   its weights, only when the model is over 2 GB
     model.ort                         ONNX Runtime's ORT format (--ort-format, --target edge)
+    libgraphprune_kernels.so          graphprune's sparse operators, when the model uses them
     model.required_operators.config   the operators a minimal ONNX Runtime build must include
     plan.json                         the pruning plan (replay with `graphprune --plan`)
     manifest.json                     sizes, sha256, opsets, op types, interface, how to load
@@ -50,6 +51,10 @@ _ORT_FP16_NOTE = (
     "the ORT format bakes in the kernels of the machine that converted it: where that CPU has "
     "no fp16 kernel for an op (x86-64 for most ops), ONNX Runtime inserted Casts and runs the "
     "op in fp32; model.onnx keeps fp16 for runtimes and devices with fp16 kernels")
+
+_OPTION_NAMES = {"sparse": "sparsity"}  # prune() keyword -> the CLI option that sets it
+_LIBRARY_ROLE = ("graphprune's custom-operator library (sparse operators); register it with "
+                 "SessionOptions.register_custom_ops_library")
 
 Progress = Callable[[str], None]
 
@@ -98,7 +103,8 @@ def export(model, folder, *, target: str = "cpu", fp16: bool | None = None,
             raise UsageError(f"--opset {opset}: expected 7 to {newest} (the newest this onnx "
                              f"package knows)")
     if no_prune and prune_options:
-        given = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(prune_options))
+        given = ", ".join(f"--{_OPTION_NAMES.get(k, k).replace('_', '-')}"
+                          for k in sorted(prune_options))
         raise UsageError(f"--no-prune excludes pruning options ({given})")
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     folder = Path(folder)
@@ -149,6 +155,11 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
         messages.append("not pruned (--no-prune): the model as it was given")
 
     interface = _load(model_path, weights=False)  # external weights (>2 GB) stay on disk
+    custom_ops = _custom_ops(interface)
+    if custom_ops:
+        _copy_library(work)
+        messages.append(f"custom operators: {', '.join(custom_ops)} from {_library_name()} "
+                        f"(in the folder; the snippets register it)")
     say("running the fp32 model in ONNX Runtime")
     feeds = [_random_feeds(interface, seed + k) for k in range(CHECK_SAMPLES)]
     reference = _run_all(model_path, feeds, "the exported fp32 model")
@@ -170,7 +181,10 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
     fp16_info = {"requested": want_fp16, "kept": False, "tolerance": tolerance,
                  "metric": "max |fp16 - fp32| / max |fp32| over all outputs, "
                            f"{CHECK_SAMPLES} seeded random input sets"}
-    if want_fp16:
+    if want_fp16 and custom_ops:
+        fp16_info["reason"] = "graphprune's sparse operators run in fp32"
+        messages.append(f"fp16: not kept, the model stays fp32 ({fp16_info['reason']})")
+    elif want_fp16:
         say("converting to fp16")
         fp16_info.update(_try_fp16(fp32, work, feeds, reference, tolerance, converter))
         if fp16_info["kept"]:
@@ -188,7 +202,7 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
             raise UsageError(f"{source}: the model is over 2 GB and the ORT format cannot hold "
                              f"it; export with --target cpu (or --no-ort-format)")
         say("converting to the ORT format")
-        ort_info = _convert_to_ort(work)
+        ort_info = _convert_to_ort(work, custom_ops=bool(custom_ops))
         got = _run_all(work / _ORT, feeds, "the ORT format model")
         ort_info.update(_errors(reference, got))
         allowed = tolerance if fp16_info["kept"] else _REPRODUCE_TOLERANCE
@@ -209,7 +223,8 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
     check = {"file": primary, **_errors(reference, final)}
     manifest = _manifest(deployed, work, source=source, target=target, primary=primary,
                          pruning=pruning, fp16=fp16_info, ort=ort_info, external=external,
-                         check=check, version=__version__, opset_requested=opset)
+                         check=check, version=__version__, opset_requested=opset,
+                         custom_ops=custom_ops)
     (work / "README.txt").write_text(_readme(manifest))
     manifest["files"] = _files(work)  # README included; the manifest cannot hash itself
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -271,7 +286,11 @@ def _pruning_summary(result) -> dict:
             "groups_pruned": r.groups_pruned, "groups_frozen": len(r.frozen),
             "params_before": r.params_before, "params_after": r.params_after,
             "macs_before": r.macs_before, "macs_after": r.macs_after,
-            "fidelity_vs_original": fid, "plan": "plan.json"}
+            "fidelity_vs_original": fid, "plan": "plan.json",
+            "sparsity": None if r.sparsity is None else {
+                "pattern": r.sparsity.pattern, "sparsity": r.sparsity.sparsity,
+                "candidates": len(r.sparsity.nodes),
+                "sparse_nodes": [d.node for d in r.sparsity.rewritten]}}
 
 
 # --- models on disk --------------------------------------------------------------------------
@@ -333,10 +352,48 @@ def _random_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
     return random_inputs(model, seed)
 
 
+def _custom_ops(model: onnx.ModelProto) -> list[str]:
+    """graphprune operators the model uses (they need our library at run time)."""
+    from .kernels import DOMAIN
+
+    return sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+
+
+def _library_name() -> str:
+    from .kernels import LIBRARY_NAME
+
+    return LIBRARY_NAME
+
+
+def _copy_library(work: Path) -> None:
+    from .kernels import KernelsUnavailable, library_path
+
+    try:
+        shutil.copy2(library_path(), work / _library_name())
+    except KernelsUnavailable as err:
+        raise UsageError(f"the model uses graphprune's sparse operators and their library is "
+                         f"not available to copy into the folder: {_first_line(err)}") from None
+
+
+def _custom_ops_entry(ops) -> dict | None:
+    if not ops:
+        return None
+    from .kernels import DOMAIN, OPSET_VERSION, how_to_load, isa
+
+    return {"library": _library_name(), "domain": DOMAIN, "opset": OPSET_VERSION,
+            "ops": list(ops), "platform": f"{sys.platform}-{os.uname().machine}",
+            "isa": f"dispatched when loaded (generic, avx2, avx512; this machine: {isa()})",
+            "min_onnxruntime": "1.21", "how_to_load": how_to_load(ops, _MODEL)}
+
+
 def _session(path: Path):
+    """A session for checks; the folder's own copy of our library is registered when there."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    library = path.parent / _library_name()
+    if library.is_file():
+        opts.register_custom_ops_library(str(library))
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     if path.suffix == ".ort":
@@ -753,11 +810,13 @@ def _half_params(node: onnx.NodeProto, opsets, from_ints: set[str]) -> set | Non
 
 # --- ORT format ------------------------------------------------------------------------------
 
-def _convert_to_ort(work: Path) -> dict:
+def _convert_to_ort(work: Path, custom_ops: bool = False) -> dict:
     """ONNX Runtime's own tool, in a child process (it prints and logs freely)."""
     import onnxruntime as ort
 
     args = ["--optimization_style", "Fixed", "--output_dir", str(work), str(work / _MODEL)]
+    if custom_ops:  # the tool must load the model, and lists our ops in the operator config
+        args[:0] = ["--custom_op_library", str(work / _library_name())]
     # `python -m onnxruntime.tools.convert_onnx_models_to_ort ARGS`, except that the package
     # is told torch is absent: onnxruntime.tools imports torch when installed, for helpers
     # the conversion never uses (4 s of a 5 s run).
@@ -835,7 +894,8 @@ def _sha256(path: Path) -> str:
 _ROLES = {_MODEL: "ONNX model", _MODEL + ".data": "external weight data of model.onnx",
           _ORT: "ORT format model", _ORT_CONFIG: "required operators (minimal ONNX Runtime "
           "build: --include_ops_by_config)", "plan.json": "pruning plan (graphprune --plan)",
-          "README.txt": "instructions", "manifest.json": "this manifest"}
+          "README.txt": "instructions", "manifest.json": "this manifest",
+          "libgraphprune_kernels.so": _LIBRARY_ROLE}
 
 
 def _files(work: Path) -> list[dict]:
@@ -848,7 +908,7 @@ def _files(work: Path) -> list[dict]:
 
 
 def _manifest(model, work: Path, *, source, target, primary, pruning, fp16, ort, external,
-              check, version, opset_requested) -> dict:
+              check, version, opset_requested, custom_ops=()) -> dict:
     import onnxruntime as ort_
 
     inputs, outputs = _value_infos(model, "input"), _value_infos(model, "output")
@@ -877,6 +937,7 @@ def _manifest(model, work: Path, *, source, target, primary, pruning, fp16, ort,
                   "samples": CHECK_SAMPLES},
         "runtime": {"onnxruntime": ort_.__version__, "onnx": onnx.__version__,
                     "providers": ["CPUExecutionProvider"]},
+        "custom_ops": _custom_ops_entry(custom_ops),
     }
     manifest["load"] = {"python": python_snippet(manifest), "cpp": cpp_snippet(manifest)}
     manifest["files"] = []
@@ -892,12 +953,28 @@ def python_snippet(manifest: dict) -> str:
         arg = ", ".join(map(str, shape)) if maker == "np.random.rand" else repr(shape)
         feeds.append(f"    {i['name']!r}: {maker}({arg}).astype(np.{i['dtype']}),")
     dyn = any(not isinstance(d, int) for i in manifest["inputs"] for d in i["shape"])
+    custom = manifest.get("custom_ops")
     lines = [
+        *(["import os", ""] if custom else []),
         "import numpy as np",
         "import onnxruntime as ort",
         "",
         "options = ort.SessionOptions()",
     ]
+    if custom:
+        ops = ", ".join(f"{custom['domain']}.{op}" for op in custom["ops"])
+        lines += [
+            f"# the model uses graphprune's sparse operators ({ops}): register their library",
+            f'library = os.path.abspath("{custom["library"]}")',
+            "if not os.path.isfile(library):",
+            "    raise SystemExit(",
+            f'        "{manifest["model"]} needs graphprune\'s custom-operator library '
+            f'{custom["library"]} (operators {ops}); it is not in " + os.getcwd() + ". Copy '
+            f'it from the export folder, or build one with `pip install graphprune && python '
+            f'-m graphprune.kernels build` (prints its path), then call '
+            f'options.register_custom_ops_library(path) before creating the session.")',
+            "options.register_custom_ops_library(library)",
+        ]
     if manifest["model_format"] == "ort":
         lines.append('options.add_session_config_entry("session.load_model_format", "ORT")')
     lines += [
@@ -935,6 +1012,11 @@ def cpp_snippet(manifest: dict) -> str:
         "  Ort::SessionOptions options;",
         "  options.SetIntraOpNumThreads(1);",
     ]
+    custom = manifest.get("custom_ops")
+    if custom:
+        lines.append(f"  // graphprune's sparse operators ({', '.join(custom['ops'])}) live in "
+                     f"{custom['library']}")
+        lines.append(f'  options.RegisterCustomOpsLibrary(ORT_TSTR("./{custom["library"]}"));')
     if manifest["model_format"] == "ort":
         lines.append('  options.AddConfigEntry("session.load_model_format", "ORT");')
     lines += [
@@ -1042,6 +1124,12 @@ def _readme(m: dict) -> str:
     if m["external_data"]:
         lines += ["", "The weights are in model.onnx.data (the model is over 2 GB): keep it "
                   "beside model.onnx."]
+    if m.get("custom_ops"):
+        lines += section("Custom operators")
+        lines += [f"  {m['custom_ops']['how_to_load']}.",
+                  f"  {m['custom_ops']['library']} is in this folder "
+                  f"({m['custom_ops']['platform']}; {m['custom_ops']['isa']}); ONNX Runtime "
+                  f">= {m['custom_ops']['min_onnxruntime']}. The snippets below register it."]
     c = m["check"]
     lines += ["", f"Checked: {c['file']} runs in ONNX Runtime; relative error vs the fp32 "
                   f"model {c['relative_error']:.3g} on {c['samples']} random input sets."]

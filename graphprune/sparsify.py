@@ -31,6 +31,7 @@ PATTERNS = BLOCK_PATTERNS + ("2:4", "4:8", "unstructured")
 DEFAULT_PATTERN = "1x4"
 DEFAULT_MIN_SPEEDUP = 1.1  # measured timings are noisy: a node must win clearly to move
 DEFAULT_SEQUENCE = 128  # stand-in for dynamic dims other than the batch, when timing
+METADATA_KEY = "graphprune.custom_ops"  # model metadata: which library the model needs
 
 
 @dataclass(frozen=True)
@@ -420,7 +421,7 @@ def _shape_text(cand: Candidate, x_shape: tuple | None = None) -> str:
 
 
 def _rewrite(graph: Graph, rewrites) -> None:
-    from .kernels import DOMAIN, OPSET_VERSION
+    from .kernels import DOMAIN, OPSET_VERSION, how_to_load
 
     if not rewrites:
         return
@@ -432,6 +433,12 @@ def _rewrite(graph: Graph, rewrites) -> None:
             graph.weights[t.name] = numpy_helper.to_array(t)
     if not any(o.domain == DOMAIN for o in graph.model.opset_import):
         graph.model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    # Said in the file too, for whoever opens it without graphprune (Netron shows it).
+    ops = sorted({node.op_type for _, node, _ in rewrites})
+    for entry in list(graph.model.metadata_props):
+        if entry.key == METADATA_KEY:
+            graph.model.metadata_props.remove(entry)
+    graph.model.metadata_props.add(key=METADATA_KEY, value=how_to_load(ops))
     graph.reindex()
     for name in [n for n in graph.weights if not graph._used(n)]:
         del graph.weights[name]

@@ -47,6 +47,8 @@ for f in manifest["files"]:
     assert len(data) == f["bytes"], f["path"]
     assert hashlib.sha256(data).hexdigest() == f["sha256"], f["path"]
 options = ort.SessionOptions()
+if manifest.get("custom_ops"):  # the operators' library ships in the folder
+    options.register_custom_ops_library(str(folder / manifest["custom_ops"]["library"]))
 if manifest["model_format"] == "ort":
     options.add_session_config_entry("session.load_model_format", "ORT")
 session = ort.InferenceSession(str(folder / manifest["model"]), options,

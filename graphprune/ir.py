@@ -119,6 +119,19 @@ class Graph:
     def node_by_name(self, name: str) -> onnx.NodeProto | None:
         return next((n for n in self.nodes if n.name == name), None)
 
+    def dynamic_symbols(self) -> dict[int, tuple[str, int]]:
+        """Stand-in value -> (dim name, axis where an input first has it): how to read the
+        stand-ins in `shapes` after infer_shapes(bind_dynamic=True)."""
+        found: dict[str, tuple[int, int]] = {}
+        for vi in self.model.graph.input:
+            for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+                if not dim.HasField("dim_value"):
+                    key = dim.dim_param or f"?{len(found)}"
+                    if key not in found:
+                        found[key] = (_DYNAMIC_STAND_INS[len(found) % len(_DYNAMIC_STAND_INS)],
+                                      axis)
+        return {value: (name, axis) for name, (value, axis) in found.items()}
+
     # ---------------------------------------------------------------- mutation
     def reindex(self) -> None:
         """Rebuild producer/consumer maps after the node list changed."""

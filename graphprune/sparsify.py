@@ -297,21 +297,32 @@ def _activation(node: onnx.NodeProto) -> str:
 
 
 def timing_shapes(graph: Graph, batch: int, dims: dict[str, int]) -> dict[str, tuple]:
-    """Shapes of every tensor with the dynamic input dims set to the timing values: `dims` by
-    name, otherwise `batch` for an input's first axis and DEFAULT_SEQUENCE for the others."""
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    for vi in model.graph.input:
-        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            value = dims.get(d.dim_param, batch if axis == 0 else DEFAULT_SEQUENCE)
-            d.Clear()
-            d.dim_value = int(value)
-    bound = dataclasses.replace(graph, model=model, shapes={}, dtypes={}, dynamic={})
-    bound.reindex()
-    bound.infer_shapes()
-    return bound.shapes
+    """Shapes of every tensor with the dynamic dims set to the timing values: `dims` by name,
+    otherwise `batch` for a dim first seen on an input's first axis and DEFAULT_SEQUENCE for
+    the others. Read from the analysis' bound shapes: each stand-in is a distinct prime, so a
+    dim that is a product of them (a flattened batch x sequence) factors back."""
+    if not graph.bound:
+        graph.infer_shapes(bind_dynamic=True)
+    values = {prime: dims.get(name, batch if axis == 0 else DEFAULT_SEQUENCE)
+              for prime, (name, axis) in graph.dynamic_symbols().items()}
+    out = {}
+    for tensor, shape in graph.shapes.items():
+        axes = graph.dynamic.get(tensor, frozenset())
+        out[tensor] = tuple(_rebind(d, values) if i in axes else d
+                            for i, d in enumerate(shape))
+    return out
+
+
+def _rebind(dim: int | None, values: dict[int, int]) -> int | None:
+    """A dim built from stand-in primes, with each prime replaced by its timing value."""
+    if not dim:
+        return None
+    result = 1
+    for prime, value in values.items():
+        while dim % prime == 0:
+            dim //= prime
+            result *= value
+    return result * dim if result != 1 or dim == 1 else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -198,3 +198,14 @@ def test_cli_sparsity_errors(tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_timing_shapes_bind_named_dims_and_factor_flattened_ones():
+    from graphprune.sparsify import _rebind, timing_shapes
+
+    graph = _canonical(_mlp())
+    shapes = timing_shapes(graph, batch=4, dims={})
+    assert shapes["x"] == (4, 5, 40) and shapes["y"] == (4, 24)
+    assert timing_shapes(graph, batch=1, dims={"batch": 16})["y"] == (16, 24)
+    assert _rebind(23 * 29 * 2, {23: 1, 29: 128}) == 256  # [batch * seq * 2] flattened
+    assert _rebind(24, {23: 1, 29: 128}) is None  # not built from the stand-ins: unknown

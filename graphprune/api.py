@@ -28,13 +28,12 @@ from .surgery import apply_plan
 from .verify import Fidelity, compare, session, session_inputs
 
 # Kept channel counts are rounded for ONNX Runtime's CPU kernels by default: "auto" rounds to
-# the block of its NCHWc conv kernels on this CPU (16 floats with AVX-512F, 8 with AVX2), rounds
-# each Concat input / Split output of a group on its own, keeps a grouped conv's per-group count
-# a multiple of the block and never splits a one-block group (policy.Rounding). Counts off the
-# block pad the kernels' work, drop convs, pools and concats out of the blocked layout (reorder
-# nodes around them), or send a conv reading < 16 channels to the slow non-blocked path: at
-# ratio 0.4, RegNetX, DenseNet, SqueezeNet and MobileNet lost most of their speed-up that way
-# (bench/latency measures the choice; an int N still rounds every count to multiples of N).
+# the block of its NCHWc conv kernels on this CPU (16 floats with AVX-512F, 8 with AVX2), each
+# Concat input / Split output on its own, a grouped conv's per-group count to whole blocks, and
+# never splits a one-block group (policy.Rounding). Counts off the block pad the kernels' work,
+# take convs, pools and concats out of the blocked layout (reorder nodes around them) or send a
+# conv reading < 16 channels to a slow path (bench/latency measures the choice; README,
+# "Benchmarks"). An int N rounds every count to multiples of N instead.
 DEFAULT_ROUND_TO = "auto"
 
 ModelLike = str | os.PathLike | onnx.ModelProto

@@ -18,7 +18,7 @@ from .budget import Budget
 from .sensitivity import Sensitivity
 from .errors import GraphpruneError, UsageError
 from .io import write_text
-from .policy import Plan
+from .policy import Plan, parse_round_to
 from .scoring import CRITERIA, DATA_CRITERIA
 from .sparsify import (DEFAULT_MIN_SPEEDUP, DEFAULT_PATTERN, DEFAULT_SEQUENCE, PATTERNS, Pattern,
                        SparsifyConfig)
@@ -58,6 +58,21 @@ def _run(fn):
         sys.exit(130)
 
 
+class _RoundTo(click.ParamType):
+    """--round-to: 'auto' or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_round_to(value)
+        except UsageError as err:
+            self.fail(str(err).removeprefix("--round-to "), param, ctx)
+
+
+_ROUND_TO = _RoundTo()
+
+
 @main.command("prune")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-r", "--ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -85,9 +100,10 @@ def _run(fn):
 @click.option("--compensate/--no-compensate", default=False, show_default=True,
               help="Fold the removed channels' mean contribution into the next layer's bias "
               "and, with --calib, re-fit its weights by least squares.")
-@click.option("--round-to", type=click.IntRange(min=1), default=DEFAULT_ROUND_TO,
-              show_default=True, help="Kept channel counts are multiples of this "
-              "(where a group is larger), which suits ONNX Runtime's kernels.")
+@click.option("--round-to", type=_ROUND_TO, default=DEFAULT_ROUND_TO,
+              show_default=True, help="Kept channel counts are multiples of this (where a "
+              "group is larger); 'auto' rounds to what ONNX Runtime's CPU conv kernels need "
+              "on this machine (blocks of 16 channels with AVX-512, 8 with AVX2).")
 @click.option("--exclude", multiple=True, metavar="NAME",
               help="Node, tensor or weight name whose channels must not be pruned; "
               "repeat or separate with commas.")
@@ -270,8 +286,9 @@ def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
               help="Fraction of channels removed from every prunable group [default: 0.4].")
 @click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Fraction of attention heads removed [default: --ratio].")
-@click.option("--round-to", type=click.IntRange(min=1),
-              help=f"Kept channel counts are multiples of this [default: {DEFAULT_ROUND_TO}].")
+@click.option("--round-to", type=_ROUND_TO,
+              help=f"Kept channel counts are multiples of this, or 'auto' "
+              f"[default: {DEFAULT_ROUND_TO}].")
 @click.option("--criterion", type=click.Choice(sorted(set(CRITERIA) - set(DATA_CRITERIA))),
               help="Channel importance [default: l2].")
 @click.option("--exclude", multiple=True, metavar="NAME",

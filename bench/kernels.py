@@ -18,6 +18,13 @@ Results: bench/results/kernels.json and bench/results/kernels.md (the table is p
     python bench/kernels.py                      # everything (about 10 minutes on 2 cores)
     python bench/kernels.py --quick              # 768x768 and 3072x768, 50/90 %, M 1/16/128
     python bench/kernels.py --shapes 768x3072 --patterns bsr4x1,csr --sparsities 90
+
+``conv``: ONNX Runtime's dense Conv vs ``graphprune.SparseConv`` (im2col path) on ResNet-50-like
+convolutions (NCHW, batch 1 by default; the weight masked on its matrix ``[C*kh*kw, O]``), timed
+the same way; results in bench/results/kernels_conv.{json,md} (about 1-2 minutes on 2 cores):
+
+    python bench/kernels.py conv
+    python bench/kernels.py conv --shapes 64:64:3:1:56 --patterns bsr1x4 --sparsities 90
 """
 from __future__ import annotations
 
@@ -103,6 +110,9 @@ def machine() -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "conv":
+        return conv_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="768x768,768x3072,3072x768,4096x4096")
     ap.add_argument("--m", default="1,16,128", help="rows of X")
@@ -233,6 +243,168 @@ def markdown(result, shapes, ms, patterns, sparsities) -> str:
                     cells.append(f"{r['speedup']:.2f}x ({r['sparse_ms']:.3f})" if r else "")
                 lines.append(f"| {p} | " + " | ".join(cells) + " |")
             lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# conv: dense Conv vs SparseConv
+
+# C:O:k:stride:H (square input H x H, pads k // 2): ResNet-50's 3x3 convolutions of each stage
+# and the 1x1 stride-2 downsample into stage 3.
+CONV_SHAPES = "64:64:3:1:56,128:128:3:1:28,256:256:3:1:14,512:512:3:1:7,256:512:1:2:56"
+CONV_PATTERNS = "bsr4x1,bsr1x4,bsr4x4,csr"
+
+
+def parse_conv_shape(text: str):
+    c, o, k, s, h = (int(v) for v in text.split(":"))
+    return {"c": c, "o": o, "k": k, "stride": s, "h": h, "pad": k // 2}
+
+
+def conv_label(sh) -> str:
+    return (f"{sh['c']}->{sh['o']} {sh['k']}x{sh['k']}/s{sh['stride']} on {sh['h']}x{sh['h']}")
+
+
+def dense_conv_model(cw: np.ndarray, sh):
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, s, p = sh["k"], sh["stride"], sh["pad"]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)],
+        "dense_conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", sh["c"], "H", "W"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(cw, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="bench/kernels.py conv",
+                                 description="ONNX Runtime dense Conv vs graphprune.SparseConv")
+    ap.add_argument("--shapes", default=CONV_SHAPES, help="C:O:k:stride:H, comma-separated")
+    ap.add_argument("--patterns", default=CONV_PATTERNS)
+    ap.add_argument("--sparsities", default="80,90", help="percent")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per model (minimum)")
+    ap.add_argument("--min-seconds", type=float, default=0.25, help="timed seconds per model (minimum)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="measure every model this many times (in turn); keep each one's lowest median")
+    ap.add_argument("--out", default=str(RESULTS / "kernels_conv"), help="output path without extension")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    shapes = [parse_conv_shape(t) for t in args.shapes.split(",")]
+    patterns = args.patterns.split(",")
+    sparsities = [int(v) for v in args.sparsities.split(",")]
+    for p in patterns:
+        if p not in PATTERNS:
+            ap.error(f"unknown pattern {p}; use {', '.join(PATTERNS)}")
+    for s in sparsities:
+        if s not in NM_FOR_SPARSITY:
+            ap.error(f"sparsity {s} is not one of {sorted(NM_FOR_SPARSITY)}")
+    try:
+        lib = gk.library_path()
+    except gk.KernelsUnavailable as exc:
+        print(f"kernels unavailable: {exc}", file=sys.stderr)
+        return 1
+    import onnxruntime as ort
+
+    isa = gk.isa()
+    load_start = list(os.getloadavg())
+    rng = np.random.default_rng(args.seed)
+    print(f"library {lib} (isa {isa}), {args.threads} threads, batch {args.batch}", flush=True)
+
+    def dense_session(model):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    rows = []
+    for sh in shapes:
+        label = conv_label(sh)
+        cw = (rng.standard_normal((sh["o"], sh["c"], sh["k"], sh["k"])) /
+              np.sqrt(sh["c"] * sh["k"] ** 2)).astype(np.float32)
+        x = rng.standard_normal((args.batch, sh["c"], sh["h"], sh["h"])).astype(np.float32)
+        wm = gk.conv_weight_matrix(cw)
+        models = {}
+        for pattern in patterns:
+            for sp in sparsities:
+                sw, desc = sparse_weight(wm, pattern, sp)
+                masked = gk.conv_weight_from_matrix(gk.unpack(sw), (sh["k"], sh["k"]))
+                models[pattern, sp] = (sw, desc, masked)
+        dense_t, sparse_t, errors = [], {}, {}
+        for rnd in range(args.rounds):
+            dense = dense_session(dense_conv_model(cw, sh))
+            dense_t.append(time_session(dense, x, args.runs, args.min_seconds))
+            print(f"round {rnd + 1} {label}: dense {dense_t[-1] * 1e3:.3f} ms", flush=True)
+            del dense
+            for (pattern, sp), (sw, desc, masked) in models.items():
+                node_kw = {"kernel_shape": (sh["k"], sh["k"]), "strides": sh["stride"], "pads": sh["pad"]}
+                sess = gk.session(gk.make_sparse_conv_model(sw, **node_kw), threads=args.threads)
+                t = time_session(sess, x, args.runs, args.min_seconds)
+                sparse_t.setdefault((pattern, sp), []).append(t)
+                if rnd == 0:
+                    y = sess.run(None, {"X": x})[0]
+                    exp = dense_session(dense_conv_model(masked, sh)).run(None, {"X": x})[0]
+                    errors[pattern, sp] = float(np.abs(y - exp).max() / (np.abs(exp).max() + 1e-12))
+                print(f"round {rnd + 1} {label} {pattern:7s} {sp:2d}%  sparse {t * 1e3:8.3f} ms  "
+                      f"speedup {min(dense_t) / t:6.2f}x", flush=True)
+                del sess
+        ho = (sh["h"] + 2 * sh["pad"] - sh["k"]) // sh["stride"] + 1
+        for (pattern, sp), (sw, desc, _) in models.items():
+            dt, st = min(dense_t), min(sparse_t[pattern, sp])
+            rows.append({**sh, "label": label, "out_hw": ho, "batch": args.batch, "pattern": pattern,
+                         "desc": desc, "sparsity": sp,
+                         "actual_sparsity": round(1.0 - np.count_nonzero(sw.values) / float(sw.k * sw.n), 4),
+                         "stored_density": round(sw.density, 4),
+                         "dense_gflop": 2e-9 * args.batch * ho * ho * sw.k * sw.n,
+                         "dense_ms": dt * 1e3, "sparse_ms": st * 1e3, "speedup": dt / st,
+                         "dense_round_ms": [t * 1e3 for t in dense_t],
+                         "sparse_round_ms": [t * 1e3 for t in sparse_t[pattern, sp]],
+                         "max_rel_err": errors[pattern, sp]})
+
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "isa": isa, "threads": args.threads, "batch": args.batch,
+              "runs": args.runs, "rounds": args.rounds, "statistic": "lowest of the rounds' medians",
+              "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    md = conv_markdown(result, shapes, patterns, sparsities)
+    out.with_suffix(".md").write_text(md)
+    print()
+    print(md)
+    return 0
+
+
+def conv_markdown(result, shapes, patterns, sparsities) -> str:
+    rows = {(r["label"], r["pattern"], r["sparsity"]): r for r in result["rows"]}
+    mi = result["machine"]
+    lines = [
+        "# SparseConv vs dense Conv (ONNX Runtime CPU)",
+        "",
+        (f"{result['date']}, {mi.get('cpu', '?')}, {mi.get('cpus')} CPUs, onnxruntime "
+         f"{mi.get('onnxruntime')}, kernel ISA {result['isa']}, {result['threads']} intra-op threads, "
+         f"batch {result['batch']}, load average {result['loadavg_start'][0]:.1f} at the start, "
+         f"{result['loadavg_end'][0]:.1f} at the end, median of >= {result['runs']} runs (lowest of "
+         f"{result['rounds']} rounds). NCHW, pads k // 2; the dense baseline is ORT's Conv with its "
+         "default graph optimisations. Cells: speedup = dense ms / sparse ms (sparse ms); > 1: the "
+         "sparse operator is faster."),
+        "",
+        "| conv | dense ms | " + " | ".join(f"{p} {s} %" for p in patterns for s in sparsities) + " |",
+        "|---|---:|" + "---:|" * (len(patterns) * len(sparsities)),
+    ]
+    for sh in shapes:
+        label = conv_label(sh)
+        dense = next((r["dense_ms"] for key, r in rows.items() if key[0] == label), None)
+        if dense is None:
+            continue
+        cells = []
+        for p in patterns:
+            for s in sparsities:
+                r = rows.get((label, p, s))
+                cells.append(f"{r['speedup']:.2f}x ({r['sparse_ms']:.3f})" if r else "")
+        lines.append(f"| {label} | {dense:.3f} | " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 

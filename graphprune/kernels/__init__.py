@@ -1,13 +1,18 @@
 """Sparse ONNX Runtime operators (custom-op domain ``graphprune``), CPU.
 
-``SparseMatMul`` / ``SparseConv`` (1x1) run ``Y = act(X @ W + bias)`` with ``W`` stored
-block-sparse (BSR 1x4, 4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4). The operators live in a
-C++ library built from ``kernels/`` on first use::
+``SparseMatMul`` runs ``Y = act(X @ W + bias)`` and ``SparseConv`` a group-1 convolution on NCHW
+(1x1 directly, k x k / strided / padded through im2col) with ``W`` stored block-sparse (BSR 1x4,
+4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4). The operators live in a C++ library built from
+``kernels/`` on first use::
 
     from graphprune import kernels
     W = kernels.mask_blocks(W, 0.9, (4, 1))
     model = kernels.make_sparse_matmul_model(W, format="bsr", block=(4, 1))
     sess = kernels.session(model, threads=2)
+
+    Wm = kernels.mask_blocks(kernels.conv_weight_matrix(conv_w), 0.9, (4, 1))  # [C*kh*kw, O]
+    node, inits = kernels.make_sparse_conv_node(
+        kernels.conv_weight_from_matrix(Wm, conv_w.shape[2:]), "x", "y", pads=[1, 1, 1, 1])
 
 ``python -m graphprune.kernels build`` builds it ahead of time.
 """
@@ -15,13 +20,15 @@ C++ library built from ``kernels/`` on first use::
 from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_headers, isa,
                      library_path, session, session_options, source_dir, source_hash)
 from .pack import (ACTIVATIONS, BLOCK_SHAPES, DOMAIN, FORMATS, OPSET_VERSION, SparseWeight,
-                   make_sparse_matmul_model, make_sparse_matmul_node, mask_blocks, mask_nm,
-                   mask_unstructured, pack, unpack)
+                   conv_attributes, conv_output_shape, conv_weight_from_matrix, conv_weight_matrix,
+                   make_sparse_conv_model, make_sparse_conv_node, make_sparse_matmul_model,
+                   make_sparse_matmul_node, mask_blocks, mask_nm, mask_unstructured, pack, unpack)
 
 __all__ = [
     "ACTIVATIONS", "BLOCK_SHAPES", "DOMAIN", "FORMATS", "LIBRARY_NAME", "OPSET_VERSION",
-    "KernelsUnavailable", "SparseWeight", "build", "cache_root", "find_headers", "isa",
-    "library_path", "make_sparse_matmul_model", "make_sparse_matmul_node", "mask_blocks",
-    "mask_nm", "mask_unstructured", "pack", "session", "session_options", "source_dir",
-    "source_hash", "unpack",
+    "KernelsUnavailable", "SparseWeight", "build", "cache_root", "conv_attributes",
+    "conv_output_shape", "conv_weight_from_matrix", "conv_weight_matrix", "find_headers", "isa",
+    "library_path", "make_sparse_conv_model", "make_sparse_conv_node", "make_sparse_matmul_model",
+    "make_sparse_matmul_node", "mask_blocks", "mask_nm", "mask_unstructured", "pack", "session",
+    "session_options", "source_dir", "source_hash", "unpack",
 ]

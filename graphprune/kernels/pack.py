@@ -19,9 +19,12 @@
     ``values [N, G, n]`` float and ``indices [N, G, n]`` the absolute k of each kept weight
     (sorted within a group). No ``row_ptr``.
 
-``indices`` and ``row_ptr`` are int32 or int64. ``SparseConv`` takes the same inputs for a 1x1
-convolution on NCHW (``W = conv_weight[:, :, 0, 0].T``). The kernel repacks whatever it gets
-into its own layout once, when the session is created (the weights are initializers).
+``indices`` and ``row_ptr`` are int32 or int64. ``SparseConv(X[B, C, H, W], ...) -> Y[B, N, Ho, Wo]``
+takes the same inputs for a convolution on NCHW (group 1; ONNX Conv's ``kernel_shape``,
+``strides``, ``pads``, ``dilations`` attributes) with ``W = conv_weight.reshape(N, -1).T``, i.e.
+``K = C*kh*kw`` ordered (c, i, j) (see :func:`conv_weight_matrix`, :func:`make_sparse_conv_node`).
+The kernel repacks whatever it gets into its own layout once, when the session is created (the
+weights are initializers).
 """
 
 from __future__ import annotations
@@ -238,24 +241,14 @@ def mask_nm(w: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
 # ONNX
 
 
-def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optional[str] = None,
-                            format: str = "bsr", block: Sequence[int] = (4, 1),
-                            nm: Sequence[int] = (2, 4), bias: Optional[np.ndarray] = None,
-                            activation: str = "none", conv: bool = False,
-                            index_dtype=np.int32, prefix: Optional[str] = None):
-    """The ``graphprune.SparseMatMul`` (or ``SparseConv`` when ``conv``) node computing
-    ``act(input @ W + bias)`` and its initializers.
-
-    ``w`` is a dense ``[K, N]`` array (packed with ``format``/``block``/``nm``; mask it first) or
-    a :class:`SparseWeight`. Returns ``(node, initializers)``; the model needs the opset import
-    ``onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION)``.
-    """
+def _sparse_node(op_type: str, sw: SparseWeight, input_name: str, output_name: str, *,
+                 name: Optional[str], bias, activation: str, prefix: Optional[str],
+                 extra_attrs: Optional[dict] = None):
+    """The node ``op_type`` (SparseMatMul or SparseConv) on ``sw`` and its initializers."""
     from onnx import helper, numpy_helper
 
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-    sw = w if isinstance(w, SparseWeight) else pack(w, format=format, block=block, nm=nm,
-                                                    index_dtype=index_dtype)
     base = prefix or name or output_name
     inits = [numpy_helper.from_array(np.asarray(sw.values, dtype=np.float32), f"{base}.values"),
              numpy_helper.from_array(np.asarray(sw.indices), f"{base}.indices")]
@@ -276,9 +269,36 @@ def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optio
     attrs = sw.attributes()
     if activation != "none":
         attrs["activation"] = activation
-    node = helper.make_node("SparseConv" if conv else "SparseMatMul", inputs, [output_name],
-                            name=name or f"{base}.sparse", domain=DOMAIN, **attrs)
+    attrs.update(extra_attrs or {})
+    node = helper.make_node(op_type, inputs, [output_name], name=name or f"{base}.sparse",
+                            domain=DOMAIN, **attrs)
     return node, inits
+
+
+def _as_sparse(w, format, block, nm, index_dtype) -> SparseWeight:
+    if isinstance(w, SparseWeight):
+        return w
+    return pack(w, format=format, block=block, nm=nm, index_dtype=index_dtype)
+
+
+def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optional[str] = None,
+                            format: str = "bsr", block: Sequence[int] = (4, 1),
+                            nm: Sequence[int] = (2, 4), bias: Optional[np.ndarray] = None,
+                            activation: str = "none", conv: bool = False,
+                            index_dtype=np.int32, prefix: Optional[str] = None):
+    """The ``graphprune.SparseMatMul`` (or, with ``conv``, a 1x1 ``SparseConv``) node computing
+    ``act(input @ W + bias)`` and its initializers.
+
+    ``w`` is a dense ``[K, N]`` array (packed with ``format``/``block``/``nm``; mask it first) or
+    a :class:`SparseWeight`. Returns ``(node, initializers)``; the model needs the opset import
+    ``onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION)``. For convolutions of any kernel size see
+    :func:`make_sparse_conv_node`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    sw = _as_sparse(w, format, block, nm, index_dtype)
+    return _sparse_node("SparseConv" if conv else "SparseMatMul", sw, input_name, output_name,
+                        name=name, bias=bias, activation=activation, prefix=prefix)
 
 
 def make_sparse_matmul_model(w, *, rows=None, name: str = "sparse_matmul", **kwargs):
@@ -295,6 +315,135 @@ def make_sparse_matmul_model(w, *, rows=None, name: str = "sparse_matmul", **kwa
         [node], name,
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, sw.k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, sw.n])],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions
+
+
+def conv_weight_matrix(conv_weight: np.ndarray) -> np.ndarray:
+    """ONNX Conv weight ``[O, C, kh, kw]`` (or ``[O, C, k]``) as SparseConv's ``W [C*kh*kw, O]``
+    (rows ordered (c, i, j)): ``conv_weight.reshape(O, -1).T``. Mask this matrix (``mask_*``)."""
+    cw = np.asarray(conv_weight)
+    if cw.ndim not in (3, 4):
+        raise ValueError(f"a Conv weight is [O, C, kh, kw] (or [O, C, k]), got shape {cw.shape}")
+    return np.ascontiguousarray(cw.reshape(cw.shape[0], -1).T, dtype=np.float32)
+
+
+def conv_weight_from_matrix(w: np.ndarray, kernel_shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`conv_weight_matrix`: ``W [C*kh*kw, O]`` back to ``[O, C, *kernel_shape]``."""
+    w = _check_2d(w)
+    ks = tuple(int(v) for v in kernel_shape)
+    taps = int(np.prod(ks))
+    if w.shape[0] % taps:
+        raise ValueError(f"W has {w.shape[0]} rows, not a multiple of kernel_shape {ks}")
+    return np.ascontiguousarray(w.T.reshape(w.shape[1], w.shape[0] // taps, *ks))
+
+
+def _conv_ints(value, rank: int, what: str, default: int, count: Optional[int] = None) -> list:
+    count = count or rank
+    if value is None:
+        return [default] * count
+    if np.isscalar(value):
+        return [int(value)] * count
+    out = [int(v) for v in value]
+    if len(out) != count:
+        raise ValueError(f"{what} must have {count} entries for a {rank}-D convolution, got {out}")
+    return out
+
+
+def conv_attributes(rank: int, kernel_shape: Sequence[int], strides=None, pads=None,
+                    dilations=None) -> dict:
+    """SparseConv's ``kernel_shape``, ``strides``, ``pads``, ``dilations`` (ONNX Conv semantics;
+    ``pads`` ``[top, left, bottom, right]`` in 2-D, an int for all four), checked."""
+    if rank not in (1, 2):
+        raise ValueError(f"SparseConv supports 1-D and 2-D convolutions, not {rank}-D")
+    attrs = {"kernel_shape": _conv_ints(kernel_shape, rank, "kernel_shape", 1),
+             "strides": _conv_ints(strides, rank, "strides", 1),
+             "pads": _conv_ints(pads, rank, "pads", 0, 2 * rank),
+             "dilations": _conv_ints(dilations, rank, "dilations", 1)}
+    for key, low in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("pads", 0)):
+        if min(attrs[key]) < low:
+            raise ValueError(f"{key} {attrs[key]} must be >= {low}")
+    return attrs
+
+
+def make_sparse_conv_node(conv_weight, input_name: str, output_name: str, *,
+                          name: Optional[str] = None, format: str = "bsr",
+                          block: Sequence[int] = (4, 1), nm: Sequence[int] = (2, 4),
+                          bias: Optional[np.ndarray] = None, activation: str = "none",
+                          kernel_shape: Optional[Sequence[int]] = None, strides=None, pads=None,
+                          dilations=None, group: int = 1, index_dtype=np.int32,
+                          prefix: Optional[str] = None):
+    """The ``graphprune.SparseConv`` node computing ``act(Conv(input, conv_weight) + bias)`` on
+    NCHW and its initializers (group 1).
+
+    ``conv_weight`` is the ONNX Conv weight ``[O, C, kh, kw]`` (``[O, C, k]`` for 1-D; already
+    masked: it is packed as ``W = conv_weight.reshape(O, -1).T`` with ``format``/``block``/``nm``,
+    see :func:`conv_weight_matrix`), or a :class:`SparseWeight` of that ``W [C*kh*kw, O]`` (then
+    ``kernel_shape`` says the kernel; default 1x1). ``strides``, ``pads`` (``[top, left, bottom,
+    right]``), ``dilations`` as in ONNX Conv (None: 1 / 0 / 1). 1x1 kernels with stride 1 and no
+    pads run the direct path; everything else im2col. Returns ``(node, initializers)``.
+    """
+    if int(group) != 1:
+        raise ValueError(f"SparseConv supports group 1 only, got group={group}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    if isinstance(conv_weight, SparseWeight):
+        sw = conv_weight
+        ks = [1, 1] if kernel_shape is None else [int(v) for v in kernel_shape]
+    else:
+        cw = np.asarray(conv_weight)
+        wm = conv_weight_matrix(cw)
+        ks = list(cw.shape[2:])
+        if kernel_shape is not None and [int(v) for v in kernel_shape] != ks:
+            raise ValueError(f"kernel_shape {list(kernel_shape)} does not match the weight's {ks}")
+        sw = pack(wm, format=format, block=block, nm=nm, index_dtype=index_dtype)
+    attrs = conv_attributes(len(ks), ks, strides, pads, dilations)
+    taps = int(np.prod(attrs["kernel_shape"]))
+    if sw.k % taps:
+        raise ValueError(f"W has k={sw.k} rows, not C*kh*kw for kernel_shape {attrs['kernel_shape']}")
+    return _sparse_node("SparseConv", sw, input_name, output_name, name=name, bias=bias,
+                        activation=activation, prefix=prefix, extra_attrs=attrs)
+
+
+def conv_output_shape(input_shape: Sequence, out_channels: int, attrs: dict) -> list:
+    """``[B, O, Ho, Wo]`` of a convolution (``None``/str entries stay symbolic: ``None``)."""
+    ks, st, pd, dl = (attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations"))
+    rank = len(ks)
+    out = [input_shape[0], int(out_channels)]
+    for a in range(rank):
+        size = input_shape[2 + a]
+        if isinstance(size, (int, np.integer)):
+            out.append((int(size) + pd[a] + pd[rank + a] - dl[a] * (ks[a] - 1) - 1) // st[a] + 1)
+        else:
+            out.append(None)
+    return out
+
+
+def make_sparse_conv_model(conv_weight, *, input_shape=None, name: str = "sparse_conv", **kwargs):
+    """A one-node model ``Y = SparseConv(X)``, for tests and benchmarks. ``input_shape``
+    ``[B, C, H, W]`` with ints or names (None: all spatial and batch dimensions symbolic).
+    ``kwargs`` go to :func:`make_sparse_conv_node`."""
+    from onnx import TensorProto, helper
+
+    node, inits = make_sparse_conv_node(conv_weight, "X", "Y", name=name, **kwargs)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    rank = len(attrs["kernel_shape"])
+    k, n = attrs["k"], attrs["n"]
+    c = k // int(np.prod(attrs["kernel_shape"]))
+    if input_shape is None:
+        input_shape = ["B", c] + ["H", "W"][2 - rank:]
+    input_shape = list(input_shape)
+    out = conv_output_shape(input_shape, n, attrs)
+    out = [d if d is not None else f"{name}_out{i}" for i, d in enumerate(out)]
+    graph = helper.make_graph(
+        [node], name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out)],
         initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])

@@ -25,6 +25,15 @@ constexpr int64_t kAccBytes = 64 * 1024;
 // A packed X chunk up to this size is read whole for every column (it stays in L2); a larger one
 // panel by panel.
 constexpr int64_t kChunkBytes = 384 * 1024;
+// Convolutions (im2col): the packed chunks of one wave (packed, then multiplied, then the next
+// wave) take about this much scratch, at least kMinWaveChunks chunks; so the scratch is bounded
+// by the weight's K, not by the image size.
+constexpr int64_t kWaveBytes = 1024 * 1024;
+constexpr int64_t kMinWaveChunks = 2;
+// Convolutions: a chunk's im2col is split into channel slices (parallel pack tasks) when a wave
+// has fewer than this many chunks.
+constexpr int64_t kMinPackTasks = 8;
+constexpr int64_t kMinSliceRows = 64;  // K rows per pack slice, at least
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).
@@ -40,7 +49,9 @@ struct XTJob {
   const Problem* p = nullptr;
   int vl = 0, nv = 0;
   int64_t mb = 0, nchunks = 0, chunks_per_image = 1;
-  float* xt = nullptr;
+  float* xt = nullptr;       // packed chunks chunk0, chunk0 + 1, ... (one wave)
+  int64_t chunk0 = 0;        // first chunk of the wave in xt
+  int64_t pack_slices = 1;   // kConv: pack tasks per chunk (channel slices)
   const int64_t* range_start = nullptr;
   int64_t nranges = 1;
   bool panels = false;  // K panel by K panel (w->npanels > 1)
@@ -59,6 +70,7 @@ struct XTJob {
     *img = c / chunks_per_image;
     *p0 = (c % chunks_per_image) * mb;
   }
+  float* chunk_xt(int64_t c) const { return xt + (c - chunk0) * w->Kp * mb; }
 };
 
 struct RowJob {
@@ -264,28 +276,47 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     job.nchunks = p.batch * job.chunks_per_image;
   }
   job.panels = w.npanels > 1 && Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
-  const size_t need = static_cast<size_t>(job.nchunks * Kp * mb);
+
+  // Waves of chunks: all of them at once for MatMul and 1x1 Conv (X is at most copied); for
+  // im2col, as many as fit in kWaveBytes (equal waves).
+  const int64_t chunk_floats = Kp * mb;
+  int64_t per_wave = job.nchunks;
+  if (p.layout == Layout::kConv) {
+    per_wave = std::max(kMinWaveChunks, kWaveBytes / (chunk_floats * static_cast<int64_t>(sizeof(float))));
+    per_wave = std::min(per_wave, job.nchunks);
+    const int64_t nwaves = (job.nchunks + per_wave - 1) / per_wave;
+    per_wave = (job.nchunks + nwaves - 1) / nwaves;
+    const int64_t C = p.conv.C;
+    const int64_t max_slices = std::max<int64_t>(1, std::min(C, K / kMinSliceRows));
+    job.pack_slices = std::min(max_slices, (kMinPackTasks + per_wave - 1) / per_wave);
+  }
+  const size_t need = static_cast<size_t>(per_wave * chunk_floats);
   if (scratch->size() < need) scratch->resize(need);
   job.xt = scratch->data();
 
-  const int64_t padded_rows = job.nchunks * mb;
-  const int64_t pack_tasks = (padded_rows * K >= 4 * kTaskWork) ? job.nchunks : 1;
-  if (pack_tasks == 1) {
-    for (int64_t c = 0; c < job.nchunks; ++c) isa.pack(&job, static_cast<size_t>(c));
-  } else {
-    run_tasks(par, static_cast<size_t>(job.nchunks), isa.pack, &job);
-  }
-
+  const int64_t padded_rows = per_wave * mb;
+  const bool pack_parallel = padded_rows * K >= 4 * kTaskWork;
   const int64_t work = padded_rows * col_cost;
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(work / kTaskWork, kMaxTasks));
-  int64_t nranges = (ntasks + job.nchunks - 1) / job.nchunks;
+  int64_t nranges = (ntasks + per_wave - 1) / per_wave;
   if (job.panels)  // keep each task's accumulators (range columns x mb) small
     nranges = std::max(nranges, (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes);
   nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
   balanced_ranges(w, nranges, &ranges);
   job.range_start = ranges.data();
   job.nranges = nranges;
-  run_tasks(par, static_cast<size_t>(job.nchunks * nranges), isa.compute, &job);
+
+  for (int64_t c0 = 0; c0 < job.nchunks; c0 += per_wave) {
+    const int64_t nc = std::min(per_wave, job.nchunks - c0);
+    job.chunk0 = c0;
+    const int64_t pack_tasks = nc * job.pack_slices;
+    if (!pack_parallel) {
+      for (int64_t t = 0; t < pack_tasks; ++t) isa.pack(&job, static_cast<size_t>(t));
+    } else {
+      run_tasks(par, static_cast<size_t>(pack_tasks), isa.pack, &job);
+    }
+    run_tasks(par, static_cast<size_t>(nc * nranges), isa.compute, &job);
+  }
 }
 
 }  // namespace graphprune

@@ -2,10 +2,13 @@
 // (ORT_API_VERSION 21; no link against libonnxruntime: the runtime hands us its OrtApiBase).
 //
 //   SparseMatMul(X[..., K], values, indices, row_ptr?, bias?) -> Y[..., N]
-//   SparseConv  (X[B, K, spatial...], values, indices, row_ptr?, bias?) -> Y[B, N, spatial...]
-//                (a 1x1 convolution, stride 1, no padding, group 1, with W = conv weight^T)
+//   SparseConv  (X[B, C, H, W], values, indices, row_ptr?, bias?) -> Y[B, N, Ho, Wo]
+//                (a convolution, group 1, with W = conv_weight.reshape(N, -1)^T, K = C*kh*kw
+//                ordered (c, i, j); 1x1 / stride 1 / no pads: X[B, K, spatial...] of any rank)
 // Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
-// nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none").
+// nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none");
+// SparseConv also kernel_shape, strides, dilations (ints, default 1 each), pads (ints
+// [top, left, bottom, right], default 0) as in ONNX Conv, for 1-D or 2-D convolutions.
 // The weight inputs (values, indices, row_ptr) are normally initializers: they are then packed
 // once when the kernel is created; otherwise on every run.
 // Threads: work is split with KernelContext_ParallelFor, i.e. the session's intra-op pool.
@@ -62,6 +65,25 @@ bool get_int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name
     api->ReleaseStatus(st);
     return false;
   }
+  return true;
+}
+
+// An ints attribute: false if absent.
+bool get_ints_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::vector<int64_t>* out) {
+  size_t size = 0;
+  OrtStatus* st = api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  out->assign(size, 0);
+  if (size == 0) return true;
+  st = api->KernelInfoGetAttributeArray_int64(info, name, out->data(), &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  out->resize(size);
   return true;
 }
 
@@ -163,9 +185,75 @@ class OrtParallel : public graphprune::Parallel {
   OrtKernelContext* ctx_;
 };
 
+// SparseConv's geometry attributes. rank 0: none given (1x1, X of any rank); otherwise the
+// number of spatial dimensions (1 or 2), each attribute in 2-D form (1-D: the H entries trivial).
+struct ConvAttrs {
+  int rank = 0;
+  int64_t kernel[2] = {1, 1}, strides[2] = {1, 1}, dilations[2] = {1, 1};
+  int64_t pads[4] = {0, 0, 0, 0};  // top, left, bottom, right
+  bool pointwise() const {
+    return kernel[0] == 1 && kernel[1] == 1 && strides[0] == 1 && strides[1] == 1 && pads[0] == 0 &&
+           pads[1] == 0 && pads[2] == 0 && pads[3] == 0;
+  }
+};
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Reads and checks kernel_shape, strides, pads, dilations, group and auto_pad. "" or an error.
+std::string read_conv_attrs(const OrtApi* api, const OrtKernelInfo* info, int64_t k, ConvAttrs* out) {
+  std::vector<int64_t> ks, st, pd, dl;
+  const bool has_k = get_ints_attr(api, info, "kernel_shape", &ks);
+  const bool has_s = get_ints_attr(api, info, "strides", &st);
+  const bool has_p = get_ints_attr(api, info, "pads", &pd);
+  const bool has_d = get_ints_attr(api, info, "dilations", &dl);
+  int64_t group = 1;
+  if (get_int_attr(api, info, "group", &group) && group != 1)
+    return "group=" + std::to_string(group) + " is not supported (SparseConv needs group 1)";
+  std::string auto_pad;
+  if (get_string_attr(api, info, "auto_pad", &auto_pad) && !auto_pad.empty() && auto_pad != "NOTSET")
+    return "auto_pad=" + auto_pad + " is not supported: give explicit pads";
+  size_t rank = has_k ? ks.size() : has_s ? st.size() : has_d ? dl.size() : has_p ? pd.size() / 2 : 0;
+  if ((has_k || has_s || has_d || has_p) && (rank < 1 || rank > 2))
+    return "SparseConv supports 1-D and 2-D convolutions (kernel_shape, strides, dilations of "
+           "length 1 or 2), got kernel_shape=" + join(ks) + ", strides=" + join(st) + ", dilations=" +
+           join(dl) + ", pads=" + join(pd);
+  if (has_k && ks.size() != rank) return "kernel_shape " + join(ks) + " must have " + std::to_string(rank) + " entries";
+  if (has_s && st.size() != rank) return "strides " + join(st) + " must have " + std::to_string(rank) + " entries";
+  if (has_d && dl.size() != rank) return "dilations " + join(dl) + " must have " + std::to_string(rank) + " entries";
+  if (has_p && pd.size() != 2 * rank)
+    return "pads " + join(pd) + " must have " + std::to_string(2 * rank) +
+           " entries (begin of each spatial axis, then end of each)";
+  for (int64_t v : ks) if (v < 1) return "kernel_shape " + join(ks) + " must be >= 1";
+  for (int64_t v : st) if (v < 1) return "strides " + join(st) + " must be >= 1";
+  for (int64_t v : dl) if (v < 1) return "dilations " + join(dl) + " must be >= 1";
+  for (int64_t v : pd) if (v < 0) return "pads " + join(pd) + " must be >= 0";
+  for (int64_t v : ks) if (v > (int64_t{1} << 20)) return "kernel_shape " + join(ks) + " is too large";
+  out->rank = static_cast<int>(rank);
+  const int o = rank == 1 ? 1 : 0;  // 1-D: the W entries
+  for (size_t a = 0; a < rank; ++a) {
+    if (has_k) out->kernel[o + a] = ks[a];
+    if (has_s) out->strides[o + a] = st[a];
+    if (has_d) out->dilations[o + a] = dl[a];
+    if (has_p) {
+      out->pads[o + a] = pd[a];
+      out->pads[2 + o + a] = pd[rank + a];
+    }
+  }
+  const int64_t taps = out->kernel[0] * out->kernel[1];
+  if (k % taps != 0)
+    return "k=" + std::to_string(k) + " is not a multiple of kernel_shape's kh*kw=" + std::to_string(taps) +
+           " (k must be C*kh*kw)";
+  return "";
+}
+
 struct Kernel {
   const OrtApi* api = nullptr;
   bool conv = false;
+  ConvAttrs geom;
   std::string name;
   FormatSpec spec;
   Activation act = Activation::kNone;
@@ -197,6 +285,49 @@ struct Kernel {
     }
     std::string err = graphprune::pack_weight(spec, static_cast<const float*>(v.data), v.count, iv, rv, out);
     if (!err.empty()) return fail(api, name, err);
+    return nullptr;
+  }
+
+  // The im2col problem of a k x k (or strided, padded) convolution; Y's shape.
+  OrtStatus* conv_problem(const TensorView& x, Problem* p, std::vector<int64_t>* yshape) const {
+    const int64_t taps = geom.kernel[0] * geom.kernel[1];
+    const size_t rank = static_cast<size_t>(geom.rank);
+    if (x.shape.size() != 2 + rank)
+      return fail(api, name, "X " + join(x.shape) + " must be " + (rank == 1 ? "[batch, C, L]" : "[batch, C, H, W]") +
+                                 " for kernel_shape of " + std::to_string(rank) + " entries");
+    graphprune::ConvGeometry& g = p->conv;
+    g.C = x.shape[1];
+    g.H = rank == 1 ? 1 : x.shape[2];
+    g.W = x.shape[x.shape.size() - 1];
+    if (g.C * taps != spec.k)
+      return fail(api, name, "X " + join(x.shape) + " has C=" + std::to_string(g.C) + " channels, but k=" +
+                                 std::to_string(spec.k) + " = C*kh*kw needs C=" + std::to_string(spec.k / taps) +
+                                 " for kernel_shape " + std::to_string(geom.kernel[0]) + "x" +
+                                 std::to_string(geom.kernel[1]));
+    g.kh = geom.kernel[0];
+    g.kw = geom.kernel[1];
+    g.sh = geom.strides[0];
+    g.sw = geom.strides[1];
+    g.dh = geom.dilations[0];
+    g.dw = geom.dilations[1];
+    g.pt = geom.pads[0];
+    g.pl = geom.pads[1];
+    const int64_t eh = g.H + geom.pads[0] + geom.pads[2] - (g.kh - 1) * g.dh;  // extent left for the strides
+    const int64_t ew = g.W + geom.pads[1] + geom.pads[3] - (g.kw - 1) * g.dw;
+    if (eh < 1 || ew < 1)
+      return fail(api, name, "X " + join(x.shape) + " is smaller than the (dilated) kernel even with the pads");
+    g.Ho = (eh - 1) / g.sh + 1;
+    g.Wo = (ew - 1) / g.sw + 1;
+    p->layout = Layout::kConv;
+    p->batch = x.shape[0];
+    p->P = g.Ho * g.Wo;
+    (*yshape)[1] = spec.n;
+    if (rank == 1) {
+      (*yshape)[2] = g.Wo;
+    } else {
+      (*yshape)[2] = g.Ho;
+      (*yshape)[3] = g.Wo;
+    }
     return nullptr;
   }
 
@@ -239,14 +370,18 @@ struct Kernel {
       p.layout = Layout::kRows;
       p.M = spec.k ? static_cast<int64_t>(x.count) / spec.k : 0;
       yshape.back() = spec.n;
-    } else {
-      if (x.shape.size() < 2 || x.shape[1] != spec.k)
-        return fail(api, name, "X must be [batch, k = " + std::to_string(spec.k) + ", spatial...]");
+    } else if (geom.pointwise()) {
+      if (x.shape.size() < 2 || x.shape[1] != spec.k ||
+          (geom.rank > 0 && x.shape.size() != static_cast<size_t>(2 + geom.rank)))
+        return fail(api, name, "X " + join(x.shape) + " must be [batch, k = " + std::to_string(spec.k) +
+                                   (geom.rank == 0 ? ", spatial...]" : geom.rank == 1 ? ", L]" : ", H, W]"));
       p.layout = Layout::kChannels;
       p.batch = x.shape[0];
       p.P = 1;
       for (size_t i = 2; i < x.shape.size(); ++i) p.P *= x.shape[i];
       yshape[1] = spec.n;
+    } else {
+      GP_RETURN_IF_ERROR(conv_problem(x, &p, &yshape));
     }
     OrtValue* y = nullptr;
     GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, yshape.data(), yshape.size(), &y));
@@ -287,6 +422,10 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   else return fail(api, k->name, "activation '" + act + "' is not one of none, relu, gelu");
   std::string err = graphprune::validate_spec(k->spec);
   if (!err.empty()) return fail(api, k->name, err);
+  if (k->conv) {
+    err = read_conv_attrs(api, info, k->spec.k, &k->geom);
+    if (!err.empty()) return fail(api, k->name, err);
+  }
 
   // Pack now if the weight inputs are constant (initializers).
   const OrtValue* cv[3] = {nullptr, nullptr, nullptr};

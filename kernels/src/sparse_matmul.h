@@ -102,7 +102,19 @@ class SerialParallel : public Parallel {
 // Layout of the activation operand and result.
 //   kRows: X [M, K] row-major, Y [M, N] row-major (MatMul).
 //   kChannels: X [B, K, P], Y [B, N, P] (1x1 Conv on NCHW, P = H*W): M = B*P.
-enum class Layout : int { kRows = 0, kChannels = 1 };
+//   kConv: X [B, C, H, W], Y [B, N, P] with P = Ho*Wo (k x k Conv on NCHW through im2col):
+//          K = C*kh*kw ordered (c, i, j), M = B*P; geometry in Problem::conv.
+enum class Layout : int { kRows = 0, kChannels = 1, kConv = 2 };
+
+// A 2-D convolution's geometry (ONNX Conv semantics, group 1). 1-D: H = kh = 1.
+struct ConvGeometry {
+  int64_t C = 0, H = 0, W = 0;   // input channels and spatial size
+  int64_t kh = 1, kw = 1;        // kernel
+  int64_t sh = 1, sw = 1;        // strides
+  int64_t dh = 1, dw = 1;        // dilations
+  int64_t pt = 0, pl = 0;        // pads at the top and on the left (bottom/right only set Ho, Wo)
+  int64_t Ho = 0, Wo = 0;        // output spatial size
+};
 
 struct Problem {
   Layout layout = Layout::kRows;
@@ -110,7 +122,8 @@ struct Problem {
   float* y = nullptr;
   int64_t M = 0;        // rows (kRows)
   int64_t batch = 1;    // B (kChannels)
-  int64_t P = 0;        // spatial size (kChannels)
+  int64_t P = 0;        // spatial size (kChannels), output spatial size (kConv)
+  ConvGeometry conv;    // kConv
   const float* bias = nullptr;  // [N] or null
   Activation act = Activation::kNone;
 };

@@ -234,8 +234,6 @@ def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candida
                 "strides": [int(v) for v in attrs.get("strides", [1, 1])],
                 "pads": [int(v) for v in attrs.get("pads", [0, 0, 0, 0])],
                 "dilations": [int(v) for v in attrs.get("dilations", [1, 1])]}
-        if not _is_pointwise(conv) and not _KXK_CONV:
-            return "a k x k or strided convolution (this kernel library runs 1x1 only)"
         w_kn = w.reshape(w.shape[0], -1).T
         if len(node.input) > 2 and node.input[2]:
             bias = graph.const(node.input[2])
@@ -263,15 +261,6 @@ def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candida
                      w_kn=np.ascontiguousarray(w_kn, dtype=np.float32),
                      bias=None if bias is None else np.asarray(bias, np.float32).reshape(-1),
                      activation=activation, absorbed=absorbed, output=out, conv=conv)
-
-
-def _has_kxk_conv() -> bool:
-    from . import kernels
-
-    return hasattr(kernels, "make_sparse_conv_node")
-
-
-_KXK_CONV = _has_kxk_conv()
 
 
 def _sole_consumer(graph: Graph, tensor: str, outputs: set[str]) -> onnx.NodeProto | None:

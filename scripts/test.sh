@@ -36,6 +36,7 @@ stage() {
 }
 
 export GRAPHPRUNE_REQUIRE_ZOO=1  # the zoo stage fails, not skips, on a missing package
+export GRAPHPRUNE_REQUIRE_KERNELS=1  # and the kernel tests on a library that does not build
 stage "fast suite" -m "not zoo" -q || exit 1
 stage "model zoo (exports are cached in ${GRAPHPRUNE_ZOO_CACHE:-~/.cache/graphprune/zoo})" \
     -m zoo -q || exit 1

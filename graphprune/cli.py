@@ -58,6 +58,38 @@ def _run(fn):
         sys.exit(130)
 
 
+def _sparse_options(fn):
+    """The --sparsity options, shared by `prune` and `export`."""
+    options = [
+        click.option(
+            "--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+            help="Then zero this fraction of the remaining MatMul/Gemm/Conv weights and run "
+            "the nodes where it is measured faster on graphprune's sparse operators (the "
+            "model then needs graphprune.kernels to run)."),
+        click.option(
+            "--pattern", help=f"Sparsity pattern of the [in, out] weight: "
+            f"{', '.join(PATTERNS)} [default: {DEFAULT_PATTERN}]. RxC blocks: R inputs x C "
+            f"outputs; N:M keeps N of every M inputs (its own sparsity)."),
+        click.option(
+            "--sparse-batch", type=click.IntRange(min=1), default=1, show_default=True,
+            help="Batch size the sparse-vs-dense timings use (set it to your serving batch)."),
+        click.option(
+            "--sparse-dim", multiple=True, metavar="NAME=VALUE",
+            help="Value of a named dynamic input dim for the timings (e.g. sequence=128); "
+            f"other non-batch dynamic dims use {DEFAULT_SEQUENCE}."),
+        click.option(
+            "--sparse-min-speedup", type=click.FloatRange(0.0), default=DEFAULT_MIN_SPEEDUP,
+            show_default=True, help="A node moves to a sparse op only when measured at least "
+            "this much faster than the dense op."),
+        click.option(
+            "--sparse-all", is_flag=True,
+            help="Move every eligible node to the sparse ops without timing them."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 class _RoundTo(click.ParamType):
     """--round-to: 'auto' or a positive integer."""
 
@@ -125,23 +157,7 @@ _ROUND_TO = _RoundTo()
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the report: a self-contained HTML page when the path ends in "
               ".html, JSON otherwise.")
-@click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-              help="Then zero this fraction of the remaining MatMul/Gemm/Conv weights and run "
-              "the nodes where it is measured faster on graphprune's sparse operators (the "
-              "model then needs graphprune.kernels to run).")
-@click.option("--pattern", help=f"Sparsity pattern of the [in, out] weight: "
-              f"{', '.join(PATTERNS)} [default: {DEFAULT_PATTERN}]. RxC blocks: R inputs x C "
-              f"outputs; N:M keeps N of every M inputs (its own sparsity).")
-@click.option("--sparse-batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size the sparse-vs-dense timings use (set it to your serving batch).")
-@click.option("--sparse-dim", multiple=True, metavar="NAME=VALUE",
-              help="Value of a named dynamic input dim for the timings (e.g. sequence=128); "
-              f"unnamed non-batch dims use {DEFAULT_SEQUENCE}.")
-@click.option("--sparse-min-speedup", type=click.FloatRange(0.0), default=DEFAULT_MIN_SPEEDUP,
-              show_default=True, help="A node moves to a sparse op only when measured at "
-              "least this much faster than the dense op.")
-@click.option("--sparse-all", is_flag=True,
-              help="Move every eligible node to the sparse ops without timing them.")
+@_sparse_options
 @click.option("--no-verify", is_flag=True, help="Skip running both models in ONNX Runtime.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the verification inputs.")
@@ -301,9 +317,11 @@ def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
               help="Seed for the criterion and the random check inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print progress even when not on a terminal.")
+@_sparse_options
 def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, output, force,
                    no_prune, ratio, head_ratio, round_to, criterion, exclude, prune_hidden,
-                   plan_path, seed, quiet, verbose):
+                   plan_path, seed, quiet, verbose, sparsity, pattern, sparse_batch, sparse_dim,
+                   sparse_min_speedup, sparse_all):
     """Prune MODEL and write a deployment folder: model, manifest.json, README.txt."""
     from .export import export
 
@@ -317,6 +335,11 @@ def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, outpu
         excluded = tuple(n.strip() for item in exclude for n in item.split(",") if n.strip())
         if excluded:
             options["exclude"] = excluded
+        sparse = _sparse_config(sparsity, pattern, sparse_batch, sparse_dim,
+                                sparse_min_speedup, sparse_all, excluded)
+        if sparse is not None:
+            options["sparse"] = sparse
+            options.setdefault("ratio", 0.0)
         if plan_path is not None:
             if not plan_path.is_file():
                 raise UsageError(f"--plan {plan_path}: no such file")

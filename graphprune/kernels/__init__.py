@@ -15,10 +15,16 @@
         kernels.conv_weight_from_matrix(Wm, conv_w.shape[2:]), "x", "y", pads=[1, 1, 1, 1])
 
 ``python -m graphprune.kernels build`` builds it ahead of time.
+
+CUDA (opt-in, needs nvcc): :func:`build_cuda` builds ``libgraphprune_kernels_cuda.so``, a
+``SparseMatMul`` for ONNX Runtime's CUDAExecutionProvider with the same inputs and attributes;
+``session(model, cuda=True)`` registers it (it brings the CPU operators along). Compiled, but not
+yet run on a GPU in this project.
 """
 
-from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_headers, isa,
-                     library_path, session, session_options, source_dir, source_hash)
+from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_headers,
+                     how_to_load, isa, library_path, session, session_options, source_dir,
+                     source_hash)
 from .pack import (ACTIVATIONS, BLOCK_SHAPES, DOMAIN, FORMATS, OPSET_VERSION, SparseWeight,
                    conv_attributes, conv_output_shape, conv_weight_from_matrix, conv_weight_matrix,
                    make_sparse_conv_model, make_sparse_conv_node, make_sparse_matmul_model,
@@ -32,3 +38,8 @@ __all__ = [
     "make_sparse_matmul_node", "mask_blocks", "mask_nm", "mask_unstructured", "pack", "session",
     "session_options", "source_dir", "source_hash", "unpack",
 ]
+
+from ._build import (CUDA_LIBRARY_NAME, build_cuda, cuda_library_path, cuda_source_hash,  # noqa: E402
+                     find_nvcc)
+
+__all__ += ["CUDA_LIBRARY_NAME", "build_cuda", "cuda_library_path", "cuda_source_hash", "find_nvcc"]

@@ -1,11 +1,12 @@
-"""python -m graphprune.kernels build [--force] [-v] | path | info"""
+"""python -m graphprune.kernels build [--force] [-v] [--cuda] | path [--cuda] | info"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import KernelsUnavailable, build, cache_root, isa, library_path, source_hash
+from . import (KernelsUnavailable, build, build_cuda, cache_root, cuda_library_path, isa,
+               library_path, source_hash)
 
 
 def main(argv=None) -> int:
@@ -15,14 +16,18 @@ def main(argv=None) -> int:
     b = sub.add_parser("build", help="build the library (if needed) and print its path")
     b.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     b.add_argument("-v", "--verbose", action="store_true", help="show the cmake output")
-    sub.add_parser("path", help="print the library path (building it if needed)")
+    b.add_argument("--cuda", action="store_true",
+                   help="build libgraphprune_kernels_cuda.so instead (needs nvcc; no GPU needed)")
+    pth = sub.add_parser("path", help="print the library path (building it if needed)")
+    pth.add_argument("--cuda", action="store_true", help="the CUDA library's path")
     sub.add_parser("info", help="library path, source hash, cache and the ISA picked")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "build":
-            print(build(force=args.force, verbose=args.verbose))
+            make = build_cuda if args.cuda else build
+            print(make(force=args.force, verbose=args.verbose))
         elif args.cmd == "path":
-            print(library_path())
+            print(cuda_library_path() if args.cuda else library_path())
         else:
             print(f"library: {library_path()}")
             print(f"sources: {source_hash()}")

@@ -4,6 +4,10 @@ The C++ sources live in the repository's ``kernels/`` folder. :func:`build` runs
 ``kernels/fetch_headers.sh`` (ONNX Runtime's C API headers), CMake and the compiler into
 ``$GRAPHPRUNE_KERNELS_CACHE`` (default ``~/.cache/graphprune/kernels``)``/<hash of the sources>/``;
 :func:`library_path` returns the library, building it on first use.
+
+Opt-in: :func:`build_cuda` / :func:`cuda_library_path` build ``libgraphprune_kernels_cuda.so``
+(``kernels/cuda/``: SparseMatMul for ONNX Runtime's CUDAExecutionProvider) with ``nvcc`` into
+``<cache>/cuda-<hash of its sources>/``; never part of the default CPU build.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from pathlib import Path
 from typing import Optional
 
 LIBRARY_NAME = "libgraphprune_kernels.so"
+CUDA_LIBRARY_NAME = "libgraphprune_kernels_cuda.so"
 _SOURCE_GLOBS = ("CMakeLists.txt", "fetch_headers.sh", "src/*.cpp", "src/*.h", "src/*.inc")
+# The CUDA library: its own folder plus the CPU packer it links (and the top-level CMakeLists).
+_CUDA_SOURCE_GLOBS = ("CMakeLists.txt", "fetch_headers.sh", "cuda/CMakeLists.txt", "cuda/*.cpp",
+                      "cuda/*.cu", "cuda/*.h", "src/pack.cpp", "src/sparse_matmul.h")
+# RegisterCustomOps of the CUDA library adds the CPU library's operators (read from this
+# variable) to its "graphprune" domain: ONNX Runtime refuses two domains of one name.
+CPU_LIBRARY_ENV = "GRAPHPRUNE_KERNELS_CPU_LIBRARY"
 
 
 class KernelsUnavailable(RuntimeError):
@@ -45,9 +56,9 @@ def cache_root() -> Path:
     return Path(base) / "graphprune" / "kernels"
 
 
-def _source_files(src: Path):
+def _source_files(src: Path, globs=_SOURCE_GLOBS):
     files = set()
-    for pattern in _SOURCE_GLOBS:
+    for pattern in globs:
         files.update(p for p in src.glob(pattern) if p.is_file())
     return sorted(files)
 
@@ -66,6 +77,51 @@ def source_hash(src: Optional[Path] = None) -> str:
 
 def _build_dir() -> Path:
     return cache_root() / source_hash()
+
+
+def find_nvcc() -> Optional[str]:
+    """The CUDA compiler: ``$CUDACXX``, else ``nvcc`` on PATH, else ``/usr/local/cuda/bin/nvcc``;
+    None when there is none."""
+    env = os.environ.get("CUDACXX")
+    if env:
+        return shutil.which(env)
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if os.access(default, os.X_OK) else None
+
+
+def _nvcc_or_raise() -> str:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise KernelsUnavailable(
+            "no CUDA compiler found (install the CUDA toolkit and put nvcc on PATH, or set CUDACXX)"
+            + (f"; CUDACXX={os.environ['CUDACXX']} is not executable" if os.environ.get("CUDACXX") else ""))
+    return nvcc
+
+
+def cuda_source_hash(src: Optional[Path] = None) -> str:
+    """Hash of the CUDA library's sources, of the settings that change its build and of the
+    CUDA compiler (its ``--version``). Raises :class:`KernelsUnavailable` without nvcc."""
+    src = src or source_dir()
+    nvcc = _nvcc_or_raise()
+    h = hashlib.sha256()
+    for f in _source_files(src, _CUDA_SOURCE_GLOBS):
+        h.update(str(f.relative_to(src)).encode() + b"\0")
+        h.update(f.read_bytes() + b"\0")
+    for var in ("GRAPHPRUNE_ORT_INCLUDE", "CXX", "CXXFLAGS", "CUDAFLAGS", "CUDAARCHS", "CUDAHOSTCXX"):
+        h.update(f"{var}={os.environ.get(var, '')}\0".encode())
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KernelsUnavailable(f"{nvcc} --version failed: {exc}") from exc
+    h.update(f"nvcc={nvcc}\0{version}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _cuda_build_dir() -> Path:
+    return cache_root() / f"cuda-{cuda_source_hash()}"
 
 
 def _tail(text: str, lines: int = 25) -> str:
@@ -95,16 +151,11 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def build(force: bool = False, verbose: bool = False) -> Path:
-    """Builds the library (if needed, or always with ``force``) and returns its path.
-
-    Raises :class:`KernelsUnavailable` with the reason when cmake, a C++ compiler or the ONNX
-    Runtime headers are missing, or the build fails.
-    """
-    out_dir = _build_dir()
-    lib = out_dir / LIBRARY_NAME
-    if lib.is_file() and not force:
-        return lib
+def _cmake_build(out_dir: Path, lib_name: str, target: str, built_rel: str, options, force: bool,
+                 verbose: bool) -> Path:
+    """Configures ``kernels/`` with ``options`` and builds ``target`` into ``out_dir/lib_name``
+    (one build at a time per folder; ``built_rel``: where the build tree puts the library)."""
+    lib = out_dir / lib_name
     src = source_dir()
     cmake = shutil.which("cmake")
     if cmake is None:
@@ -120,11 +171,12 @@ def build(force: bool = False, verbose: bool = False) -> Path:
         include = find_headers()
         with tempfile.TemporaryDirectory(prefix="build-", dir=out_dir) as tmp:
             cfg = [cmake, "-S", str(src), "-B", tmp, "-DCMAKE_BUILD_TYPE=Release",
-                   f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_CXX_COMPILER={cxx}"]
+                   f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_CXX_COMPILER={cxx}", *options]
             if shutil.which("ninja"):
                 cfg += ["-G", "Ninja"]
             log = []
-            for cmd in (cfg, [cmake, "--build", tmp, "--parallel", str(os.cpu_count() or 2)]):
+            build_cmd = [cmake, "--build", tmp, "--target", target, "--parallel", str(os.cpu_count() or 2)]
+            for cmd in (cfg, build_cmd):
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 log.append("$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
                 if verbose:
@@ -135,14 +187,54 @@ def build(force: bool = False, verbose: bool = False) -> Path:
                         f"building the kernels failed ({Path(cmd[0]).name} exited {proc.returncode}; "
                         f"full log in {out_dir / 'build.log'}):\n{_tail(proc.stdout + proc.stderr)}")
             (out_dir / "build.log").write_text("\n".join(log))
-            built = Path(tmp) / LIBRARY_NAME
+            built = Path(tmp) / built_rel
             if not built.is_file():
-                raise KernelsUnavailable(f"the build produced no {LIBRARY_NAME}")
-            staged = out_dir / (LIBRARY_NAME + ".tmp")
+                raise KernelsUnavailable(f"the build produced no {lib_name}")
+            staged = out_dir / (lib_name + ".tmp")
             shutil.copy2(built, staged)
             os.replace(staged, lib)
             (out_dir / "headers.txt").write_text(include + "\n")
     return lib
+
+
+def build(force: bool = False, verbose: bool = False) -> Path:
+    """Builds the library (if needed, or always with ``force``) and returns its path.
+
+    Raises :class:`KernelsUnavailable` with the reason when cmake, a C++ compiler or the ONNX
+    Runtime headers are missing, or the build fails. CPU only, also where nvcc exists (see
+    :func:`build_cuda`).
+    """
+    out_dir = _build_dir()
+    lib = out_dir / LIBRARY_NAME
+    if lib.is_file() and not force:
+        return lib
+    return _cmake_build(out_dir, LIBRARY_NAME, "graphprune_kernels", LIBRARY_NAME,
+                        ["-DGRAPHPRUNE_CUDA=OFF"], force, verbose)
+
+
+def build_cuda(force: bool = False, verbose: bool = False) -> Path:
+    """Builds ``libgraphprune_kernels_cuda.so`` (SparseMatMul for the CUDAExecutionProvider; needs
+    nvcc, no GPU) if needed, or always with ``force``, and returns its path. Cached by the hash of
+    its sources and compiler like the CPU library. Raises :class:`KernelsUnavailable` when nvcc,
+    cmake, a C++ compiler or the ONNX Runtime headers are missing, or the build fails."""
+    nvcc = _nvcc_or_raise()
+    out_dir = _cuda_build_dir()
+    lib = out_dir / CUDA_LIBRARY_NAME
+    if lib.is_file() and not force:
+        return lib
+    return _cmake_build(out_dir, CUDA_LIBRARY_NAME, "graphprune_kernels_cuda",
+                        f"cuda/{CUDA_LIBRARY_NAME}",
+                        ["-DGRAPHPRUNE_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}"], force, verbose)
+
+
+def cuda_library_path(build_if_missing: bool = True) -> str:
+    """Path of libgraphprune_kernels_cuda.so, built on first use (see :func:`build_cuda`)."""
+    lib = _cuda_build_dir() / CUDA_LIBRARY_NAME
+    if lib.is_file():
+        return str(lib)
+    if not build_if_missing:
+        raise KernelsUnavailable(f"{lib} is not built (python -m graphprune.kernels build --cuda)")
+    return str(build_cuda())
 
 
 def library_path(build_if_missing: bool = True) -> str:
@@ -153,6 +245,17 @@ def library_path(build_if_missing: bool = True) -> str:
     if not build_if_missing:
         raise KernelsUnavailable(f"{lib} is not built (python -m graphprune.kernels build)")
     return str(build())
+
+
+def how_to_load(ops=("SparseMatMul",), model: str = "the model") -> str:
+    """What to tell someone whose runtime lacks the library (one paragraph)."""
+    listed = ", ".join(f"graphprune.{op}" for op in ops)
+    return (f"{model} uses graphprune's sparse operators ({listed}), which live in "
+            f"{LIBRARY_NAME}: register it before creating the session, e.g. in Python "
+            f"`so = onnxruntime.SessionOptions(); so.register_custom_ops_library(path)` or "
+            f"`graphprune.kernels.session(model)`, in C++ "
+            f"`Ort::SessionOptions::RegisterCustomOpsLibrary(path)`; "
+            f"`python -m graphprune.kernels build` builds it and prints its path")
 
 
 _loaded = {}
@@ -168,32 +271,55 @@ def isa() -> str:
     return fn().decode()
 
 
-def session_options(threads: int = 2):
+def _register(so, cuda: bool) -> None:
+    if not cuda:
+        path = library_path()
+    else:
+        # The CUDA library registers the CPU library's operators into its own domain (ONNX
+        # Runtime refuses a second "graphprune" domain), so nodes can fall back to the CPU.
+        cpu, path = library_path(), cuda_library_path()
+        old = os.environ.get(CPU_LIBRARY_ENV)
+        os.environ[CPU_LIBRARY_ENV] = cpu
+    try:
+        so.register_custom_ops_library(path)
+    except KernelsUnavailable:
+        raise
+    except Exception as exc:  # the library refused to register (e.g. an ONNX Runtime too old)
+        raise KernelsUnavailable(str(exc)) from exc
+    finally:
+        if cuda:
+            if old is None:
+                os.environ.pop(CPU_LIBRARY_ENV, None)
+            else:
+                os.environ[CPU_LIBRARY_ENV] = old
+
+
+def session_options(threads: int = 2, cuda: bool = False):
     """``onnxruntime.SessionOptions`` with the library registered and ``threads`` intra-op
-    threads (the kernels split their work over that pool)."""
+    threads (the kernels split their work over that pool). ``cuda``: register the CUDA library
+    (built with :func:`build_cuda` on first use), which brings the CPU operators along."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        so.register_custom_ops_library(library_path())
-    except KernelsUnavailable:
-        raise
-    except Exception as exc:  # the library refused to register (e.g. an ONNX Runtime too old)
-        raise KernelsUnavailable(str(exc)) from exc
+    _register(so, cuda)
     return so
 
 
-def session(model_or_path, threads: int = 2, options=None, providers=None):
+def session(model_or_path, threads: int = 2, options=None, providers=None, cuda: bool = False):
     """An ``onnxruntime.InferenceSession`` for a model (path, bytes or ``onnx.ModelProto``) that
     uses ``graphprune`` operators. ``options``: a SessionOptions to start from (the library is
-    registered into it; its thread settings are kept)."""
+    registered into it; its thread settings are kept). ``cuda``: register the CUDA library too
+    (see :func:`session_options`); providers then default to CUDA, then CPU."""
     import onnxruntime as ort
 
     if options is None:
-        so = session_options(threads)
+        so = session_options(threads, cuda=cuda)
+    elif cuda:
+        so = options
+        _register(so, cuda=True)
     else:
         so = options
         so.register_custom_ops_library(library_path())
@@ -202,5 +328,5 @@ def session(model_or_path, threads: int = 2, options=None, providers=None):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
-    return ort.InferenceSession(model, sess_options=so,
-                                providers=providers or ["CPUExecutionProvider"])
+    default = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    return ort.InferenceSession(model, sess_options=so, providers=providers or default)

@@ -71,6 +71,7 @@ def render(report, plan=None) -> str:
         _size_section(r),
         _groups_section(groups),
         _frozen_section(r),
+        _sparsity_section(r),
         _other_lists(r),
         _timing_section(r),
         _plan_section(p),
@@ -334,6 +335,37 @@ def _frozen_section(r: dict) -> str:
                    for k, v in frozen)
     return (f"{head}{summary}<details><summary>every frozen group</summary>"
             f"<table><tr><th>group</th><th>reason</th></tr>{full}</table></details>")
+
+
+def _sparsity_section(r: dict) -> str:
+    """The --sparsity pass: every candidate node, where it went and the timings that decided."""
+    sp = r.get("sparsity")
+    if not sp:
+        return ""
+    nodes = sp.get("nodes") or []
+    moved = sum(1 for d in nodes if d.get("decision") == "sparse")
+
+    def ms(v):
+        return "" if v is None else f"{v:.3f}"
+
+    def times(v):
+        return "" if v is None else f"x{v:.2f}"
+
+    rows = "".join(
+        f"<tr><td><code>{escape(str(d['node']))}</code></td><td>{escape(str(d['op']))}</td>"
+        f"<td>{escape(str(d['shape']))}</td><td>{escape(str(d['decision']))}</td>"
+        f"<td>{ms(d.get('dense_ms'))}</td><td>{ms(d.get('sparse_ms'))}</td>"
+        f"<td>{times(d.get('speedup'))}</td>"
+        f"<td>{escape(str(d.get('reason', '')))}</td></tr>" for d in nodes)
+    how = (f"timed at batch {sp.get('batch')} with {sp.get('threads')} threads; a node moves "
+           f"when at least x{sp.get('min_speedup')} faster" if sp.get("measured") else
+           "every candidate moved without timing (--sparse-all)")
+    return (f"<h2>Sparse operators: {moved} of {len(nodes)} nodes</h2><p class=\"note\">"
+            f"Pattern {escape(str(sp.get('pattern')))}, sparsity {sp.get('sparsity', 0):.0%}; "
+            f"{escape(how)}. The model needs graphprune's custom-operator library to run."
+            f"</p><table><tr><th>node</th><th>op</th><th>shape</th><th>runs</th>"
+            f"<th>dense ms</th><th>sparse ms</th><th>speedup</th><th>why dense</th></tr>"
+            f"{rows}</table>")
 
 
 def _other_lists(r: dict) -> str:

@@ -209,3 +209,13 @@ def test_timing_shapes_bind_named_dims_and_factor_flattened_ones():
     assert timing_shapes(graph, batch=1, dims={"batch": 16})["y"] == (16, 24)
     assert _rebind(23 * 29 * 2, {23: 1, 29: 128}) == 256  # [batch * seq * 2] flattened
     assert _rebind(24, {23: 1, 29: 128}) is None  # not built from the stand-ins: unknown
+
+
+def test_html_report_lists_the_sparse_decisions():
+    from graphprune.htmlreport import render
+
+    result = graphprune.prune(_mlp(), ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="1x4", min_speedup=1e9))
+    page = render(result.report, result.plan)
+    assert "Sparse operators: 0 of 3 nodes" in page
+    assert "not fast enough" in page and "fc3" in page

@@ -82,6 +82,16 @@ def feeds_for(path: Path, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
+def named_dims(path: Path) -> dict[str, int]:
+    """Symbolic non-batch input dims, all set to SEQUENCE (what feeds_for uses)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {d.dim_param: SEQUENCE for vi in model.graph.input
+            for axis, d in enumerate(vi.type.tensor_type.shape.dim)
+            if axis > 0 and d.dim_param}
+
+
 def latency_ms(path: Path, feeds: dict, custom: bool, args) -> float:
     import onnxruntime as ort
 
@@ -160,7 +170,7 @@ def run_latency(args, tmp: Path) -> list[dict]:
                     masked = masked_model(path, sparsity, "unstructured", tmp / f"{name}.ds.onnx")
                     try:
                         got = deepsparse(str(masked), batch, threads=args.threads,
-                                         runs=args.runs)
+                                         runs=args.runs, dims=named_dims(path))
                         row["deepsparse"] = {"ms": got["median_ms"],
                                              "speedup": dense / got["median_ms"],
                                              "engine": got.get("engine", "")}

@@ -377,7 +377,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     src = tmp_path / "m.onnx"
     onnx.save(MODELS["resnet_bottleneck"](), src)
 
-    def broken(work):
+    def broken(work, custom_ops=False):
         raise export_mod.GraphpruneError("simulated conversion failure")
 
     monkeypatch.setattr(export_mod, "_convert_to_ort", broken)

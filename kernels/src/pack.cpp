@@ -21,12 +21,12 @@ std::string msg(Args&&... args) {
 }
 
 // Pads every column's block list with zero blocks to a multiple of the kernel's unroll step
-// (see xt_column: G = U / br blocks, U <= 8 accumulator sets for bc = 1, <= 2 for bc = 4), so
+// (see xt_column: G = U / br blocks, U <= 4 accumulator sets for bc = 1, <= 2 for bc = 4), so
 // the kernel never runs a data-dependent tail. Padding repeats the column's last row, which is
 // in cache already.
 void pad_columns(PackedWeight* w) {
   const int bs = w->br * w->bc;
-  const int64_t step = w->bc == 4 ? std::max(1, 2 / w->br) : std::max(1, 8 / w->br);
+  const int64_t step = w->bc == 4 ? std::max(1, 2 / w->br) : std::max(1, 4 / w->br);
   if (step == 1) return;
   std::vector<int64_t> ptr(static_cast<size_t>(w->nbc) + 1, 0);
   for (int64_t j = 0; j < w->nbc; ++j) {

@@ -228,7 +228,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     channels = not (sparse is not None and ratio == 0 and plan is None and budget is None)
     if not channels:
         return _sparsify_only(graph, interface, loaded_weights, report, reference, sparse,
-                              source, clock, say)
+                              source, clock, say, calib)
     say("analyzing channel dependencies")
     graph.options["prune_hidden"] = prune_hidden
     analysis = analyze(graph)
@@ -305,7 +305,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     _check_interface(interface, shell, loaded_weights, source)
     if sparse is not None:
-        _sparsify(graph, report, sparse, clock, say)
+        _sparsify(graph, report, sparse, clock, say, calib)
     outcome = PruneResult(graph, plan, report)
     if reference is not None:
         say("running the pruned model in ONNX Runtime")
@@ -316,20 +316,22 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
 def sparsify(model: ModelLike, sparsity: float = 0.9, pattern: str = DEFAULT_PATTERN, *,
              verify: bool = True, seed: int = 0, progress: Progress | None = None,
-             **options) -> PruneResult:
+             calib=None, **options) -> PruneResult:
     """Only the sparsity pass: `prune(model, ratio=0, sparse=SparsifyConfig(...))`. `options`
-    are SparsifyConfig's other fields (batch, dims, threads, min_speedup, measure, exclude)."""
+    are SparsifyConfig's other fields (batch, dims, threads, min_speedup, measure, exclude,
+    criterion); `calib` is calibration data for `criterion="activation"`."""
     config = SparsifyConfig(sparsity=sparsity, pattern=pattern, **options)
-    return prune(model, ratio=0.0, sparse=config, verify=verify, seed=seed, progress=progress)
+    return prune(model, ratio=0.0, sparse=config, verify=verify, seed=seed, progress=progress,
+                 calib=calib)
 
 
 def _sparsify(graph: Graph, report: Report, config: SparsifyConfig, clock: "_Clock",
-              say: Progress) -> None:
+              say: Progress, calib=None) -> None:
     from .kernels import KernelsUnavailable
 
     say(f"sparsifying ({config.pattern}, {config.sparsity:g})")
     try:
-        report.sparsity = sparsify_graph(graph, config, progress=say)
+        report.sparsity = sparsify_graph(graph, config, progress=say, calib=calib)
     except KernelsUnavailable as err:
         raise UsageError(f"--sparsity needs graphprune's sparse-operator library, which is "
                          f"not available: {_first_line(err)}") from None
@@ -338,11 +340,11 @@ def _sparsify(graph: Graph, report: Report, config: SparsifyConfig, clock: "_Clo
 
 def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, reference,
                    config: SparsifyConfig, source: str, clock: "_Clock",
-                   say: Progress) -> PruneResult:
+                   say: Progress, calib=None) -> PruneResult:
     """The pipeline without channel pruning: canonical graph -> sparsity pass -> verify."""
     report.params_after, report.macs_after = report.params_before, report.macs_before
     _check_interface(interface, graph.to_model(embed_limit=-1), loaded_weights, source)
-    _sparsify(graph, report, config, clock, say)
+    _sparsify(graph, report, config, clock, say, calib)
     outcome = PruneResult(graph, Plan(criterion="", ratio=0.0, round_to=1, groups=[]), report)
     if reference is not None:
         say("running the sparse model in ONNX Runtime")

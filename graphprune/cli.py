@@ -20,6 +20,7 @@ from .errors import GraphpruneError, UsageError
 from .io import write_text
 from .policy import Plan, parse_round_to
 from .scoring import CRITERIA, DATA_CRITERIA
+from .sparsify import CRITERIA as SPARSE_CRITERIA
 from .sparsify import (DEFAULT_MIN_SPEEDUP, DEFAULT_PATTERN, DEFAULT_SEQUENCE, PATTERNS, Pattern,
                        SparsifyConfig)
 
@@ -84,6 +85,11 @@ def _sparse_options(fn):
         click.option(
             "--sparse-all", is_flag=True,
             help="Move every eligible node to the sparse ops without timing them."),
+        click.option(
+            "--sparse-criterion", type=click.Choice(SPARSE_CRITERIA), default="magnitude",
+            show_default=True, help="Which weights --sparsity zeroes: the smallest |W| "
+            "(blocks: L2 norm), or the smallest |W|·‖X‖ over --calib data (activation, "
+            "Wanda-style)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -167,12 +173,16 @@ def prune_command(model, ratio, head_ratio, prune_hidden, output, criterion, cal
                   compensate, round_to, exclude, global_rank,
                   target_flops, target_params, max_group_ratio, sensitivity_path, save_plan,
                   plan_path, report_path, sparsity, pattern, sparse_batch, sparse_dim,
-                  sparse_min_speedup, sparse_all, no_verify, seed, quiet, verbose):
+                  sparse_min_speedup, sparse_all, sparse_criterion, no_verify, seed, quiet,
+                  verbose):
     """Prune MODEL and write the slimmed model."""
     def go():
         excluded = tuple(n.strip() for item in exclude for n in item.split(",") if n.strip())
         sparse = _sparse_config(sparsity, pattern, sparse_batch, sparse_dim,
-                                sparse_min_speedup, sparse_all, excluded)
+                                sparse_min_speedup, sparse_all, excluded, sparse_criterion)
+        if sparse is not None and sparse.criterion == "activation" and calib_path is None:
+            raise UsageError("--sparse-criterion activation needs calibration data: pass "
+                             "--calib PATH (a folder of .npy/.npz arrays or images)")
         nonlocal ratio
         if ratio is None:
             ratio = 0.0 if sparse is not None else 0.4
@@ -321,7 +331,7 @@ def sensitivity_command(model, ratios, criterion, output, seed, quiet, verbose):
 def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, output, force,
                    no_prune, ratio, head_ratio, round_to, criterion, exclude, prune_hidden,
                    plan_path, seed, quiet, verbose, sparsity, pattern, sparse_batch, sparse_dim,
-                   sparse_min_speedup, sparse_all):
+                   sparse_min_speedup, sparse_all, sparse_criterion):
     """Prune MODEL and write a deployment folder: model, manifest.json, README.txt."""
     from .export import export
 
@@ -336,7 +346,7 @@ def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, outpu
         if excluded:
             options["exclude"] = excluded
         sparse = _sparse_config(sparsity, pattern, sparse_batch, sparse_dim,
-                                sparse_min_speedup, sparse_all, excluded)
+                                sparse_min_speedup, sparse_all, excluded, sparse_criterion)
         if sparse is not None:
             options["sparse"] = sparse
             options.setdefault("ratio", 0.0)
@@ -355,7 +365,8 @@ def export_command(model, target, fp16, fp16_tolerance, opset, ort_format, outpu
     _run(go)
 
 
-def _sparse_config(sparsity, pattern, batch, dims, min_speedup, sparse_all, excluded):
+def _sparse_config(sparsity, pattern, batch, dims, min_speedup, sparse_all, excluded,
+                   criterion="magnitude"):
     """The --sparsity options as a SparsifyConfig, or None when --sparsity is absent."""
     if sparsity is None:
         if pattern is not None:
@@ -370,7 +381,7 @@ def _sparse_config(sparsity, pattern, batch, dims, min_speedup, sparse_all, excl
         values[name.strip()] = int(value)
     config = SparsifyConfig(sparsity=sparsity, pattern=pattern or DEFAULT_PATTERN, batch=batch,
                             dims=values, min_speedup=min_speedup, measure=not sparse_all,
-                            exclude=excluded)
+                            exclude=excluded, criterion=criterion)
     Pattern.parse(config.pattern)  # a bad pattern fails before any work
     return config
 

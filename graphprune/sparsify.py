@@ -62,14 +62,20 @@ class Pattern:
         """N:M fixes its own sparsity (1 - N/M); the others take the requested one."""
         return 1.0 - self.nm[0] / self.nm[1] if self.format == "nm" else requested
 
-    def mask(self, w_kn: np.ndarray, sparsity: float) -> np.ndarray:
+    def mask(self, w_kn: np.ndarray, sparsity: float,
+             input_norms: np.ndarray | None = None) -> np.ndarray:
+        """`w_kn` with the weakest blocks zeroed: by magnitude, or with `input_norms` (‖X_k‖
+        over calibration data, one per row K) by |W|·‖X‖, Wanda's activation-aware score."""
         from .kernels import mask_blocks, mask_nm, mask_unstructured
 
+        scores = w_kn if input_norms is None else w_kn * input_norms[:, None].astype(np.float32)
         if self.format == "bsr":
-            return mask_blocks(w_kn, sparsity, self.block)
-        if self.format == "nm":
-            return mask_nm(w_kn, *self.nm)
-        return mask_unstructured(w_kn, sparsity)
+            kept = mask_blocks(scores, sparsity, self.block)
+        elif self.format == "nm":
+            kept = mask_nm(scores, *self.nm)
+        else:
+            kept = mask_unstructured(scores, sparsity)
+        return kept if input_norms is None else np.where(kept != 0, w_kn, np.float32(0))
 
 
 @dataclass
@@ -168,6 +174,10 @@ class SparsifyConfig:
     measure: bool = True  # False: rewrite every candidate without timing
     exclude: tuple[str, ...] = ()
     use_cache: bool = True
+    criterion: str = "magnitude"  # or "activation": |W|·‖X‖ over calibration data
+
+
+CRITERIA = ("magnitude", "activation")
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,9 +328,35 @@ def _rebind(dim: int | None, values: dict[int, int]) -> int | None:
 # the pass
 
 
+def input_norms(graph: Graph, candidates: list[Candidate], calib,
+                progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """‖X_k‖ per weight row K of every candidate, measured on calibration data (a Conv's
+    input channel norm repeats over its kernel window)."""
+    from .calibration import as_calibration, collect_stats
+
+    axes = {c.x: (1 if c.conv is not None else graph.rank(c.x) - 1) for c in candidates}
+    stats = collect_stats(graph, None, as_calibration(calib), gram=False, tensors=axes,
+                          progress=progress)
+    norms = {}
+    for c in candidates:
+        per_channel = stats.get(c.x).norms()
+        window = c.w_kn.shape[0] // per_channel.size
+        norms[c.x] = np.repeat(per_channel, window)
+    return norms
+
+
+def _check_criterion(config: SparsifyConfig, calib) -> None:
+    if config.criterion not in CRITERIA:
+        raise UsageError(f"--sparse-criterion {config.criterion!r}: use {' or '.join(CRITERIA)}")
+    if config.criterion == "activation" and calib is None:
+        raise UsageError("--sparse-criterion activation needs calibration data: pass --calib "
+                         "PATH (a folder of .npy/.npz arrays or images)")
+
+
 def sparsify_graph(graph: Graph, config: SparsifyConfig,
-                   progress: Progress | None = None) -> SparsityReport:
-    """Mask and rewrite `graph` in place; returns what was done per node."""
+                   progress: Progress | None = None, calib=None) -> SparsityReport:
+    """Mask and rewrite `graph` in place; returns what was done per node. `calib`
+    (calibration data) feeds the `activation` criterion."""
     say = progress or (lambda _msg: None)
     pattern = Pattern.parse(config.pattern)
     sparsity = pattern.sparsity(config.sparsity)
@@ -329,9 +365,12 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
     report = SparsityReport(pattern=pattern.text, sparsity=sparsity, batch=config.batch,
                             dims=dict(config.dims), threads=config.threads,
                             min_speedup=config.min_speedup, measured=config.measure)
+    _check_criterion(config, calib)
     candidates, report.ineligible = find_candidates(graph, config.exclude)
     if not candidates:
         return report
+    norms = input_norms(graph, candidates, calib, say) if config.criterion == "activation" \
+        else {}
     shapes = timing_shapes(graph, config.batch, config.dims) if config.measure else {}
     cost = None
     if config.measure:
@@ -341,7 +380,7 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
     rewrites = []
     for i, cand in enumerate(candidates):
         name = cand.node.name or cand.node.output[0]
-        masked = pattern.mask(cand.w_kn, sparsity)
+        masked = pattern.mask(cand.w_kn, sparsity, norms.get(cand.x))
         node, inits = _sparse_node(graph, cand, masked, pattern, name)
         decision = NodeDecision(node=name, op=cand.op, shape=_shape_text(cand),
                                 decision="sparse", weights=int(masked.size),
@@ -452,16 +491,18 @@ def uses_sparse_ops(model: onnx.ModelProto | Graph) -> bool:
     return any(n.domain == DOMAIN for n in nodes)
 
 
-def mask_graph(graph: Graph, config: SparsifyConfig) -> int:
+def mask_graph(graph: Graph, config: SparsifyConfig, calib=None) -> int:
     """Mask every candidate's weight in place, keeping the dense ops: the zero-weight model a
     runtime that exploits sparsity itself (DeepSparse) or an accuracy measurement reads.
     Returns the number of weights masked."""
     pattern = Pattern.parse(config.pattern)
     sparsity = pattern.sparsity(config.sparsity)
+    _check_criterion(config, calib)
     candidates, _ = find_candidates(graph, config.exclude)
+    norms = input_norms(graph, candidates, calib) if config.criterion == "activation" else {}
     done = 0
     for cand in candidates:
-        masked = pattern.mask(cand.w_kn, sparsity)
+        masked = pattern.mask(cand.w_kn, sparsity, norms.get(cand.x))
         _store_masked(graph, cand, masked)
         done += 1
     return done
@@ -489,13 +530,15 @@ def _store_masked(graph: Graph, cand: Candidate, masked: np.ndarray) -> None:
         graph.weights[cand.weight] = value
 
 
-def masked_reference(graph: Graph, report: SparsityReport, config: SparsifyConfig) -> None:
+def masked_reference(graph: Graph, report: SparsityReport, config: SparsifyConfig,
+                     calib=None) -> None:
     """Mask, in a dense graph, exactly the nodes `report` moved to sparse ops: the model whose
     outputs the sparse one must reproduce (tests)."""
     pattern = Pattern.parse(config.pattern)
     sparsity = pattern.sparsity(config.sparsity)
     moved = {d.node for d in report.rewritten}
     candidates, _ = find_candidates(graph, config.exclude)
+    norms = input_norms(graph, candidates, calib) if config.criterion == "activation" else {}
     for cand in candidates:
         if (cand.node.name or cand.node.output[0]) in moved:
-            _store_masked(graph, cand, pattern.mask(cand.w_kn, sparsity))
+            _store_masked(graph, cand, pattern.mask(cand.w_kn, sparsity, norms.get(cand.x)))

@@ -219,3 +219,39 @@ def test_html_report_lists_the_sparse_decisions():
     page = render(result.report, result.plan)
     assert "Sparse operators: 0 of 3 nodes" in page
     assert "not fast enough" in page and "fc3" in page
+
+
+def test_activation_criterion_weighs_weights_by_input_norms():
+    model = _mlp()
+    rng = np.random.default_rng(5)
+    scale = np.ones(40, np.float32)
+    scale[:8] = 50.0  # a few loud input features: their weights must survive
+    calib = [{"x": (rng.standard_normal((4, 5, 40)) * scale).astype(np.float32)}
+             for _ in range(3)]
+    config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False,
+                            criterion="activation")
+    result = graphprune.prune(model, ratio=0.0, sparse=config, calib=calib, verify=False)
+    w1 = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "w1")
+    reference = _canonical(model)
+    masked_reference(reference, result.report.sparsity, config, calib=calib)
+    kept = reference.weights["w1"] != 0
+    assert kept[:8].mean() > 0.9 and kept[8:].mean() < 0.25  # loud rows kept, not by |W|
+    plain = _canonical(model)
+    masked_reference(plain, result.report.sparsity, SparsifyConfig(
+        sparsity=0.75, pattern="unstructured"))
+    assert (plain.weights["w1"] != 0)[:8].mean() < 0.5
+    np.testing.assert_array_equal(reference.weights["w1"][kept], w1[kept])
+    feeds = random_inputs(model, seed=3, batch=2)
+    _assert_close(kernels.session(result.model).run(None, feeds),
+                  _run_dense(reference.to_model(), feeds))
+
+
+def test_activation_criterion_needs_calibration(tmp_path):
+    with pytest.raises(graphprune.UsageError, match="calibration"):
+        graphprune.prune(_mlp(), ratio=0.0, verify=False, sparse=SparsifyConfig(
+            sparsity=0.5, measure=False, criterion="activation"))
+    src = tmp_path / "m.onnx"
+    onnx.save(_mlp(), src)
+    res = CliRunner().invoke(main, [str(src), "--sparsity", "0.5", "--sparse-criterion",
+                                    "activation", "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "--calib" in res.output

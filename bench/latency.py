@@ -35,8 +35,8 @@ printed too).  Nothing in here is a hard-coded figure: the recommended
 ``round_to`` is whatever the run measured.
 
     python bench/latency.py                       # all 13 torchvision models
-    python bench/latency.py --models resnet50,mobilenet_v2 --round-to 1,16
-    python bench/latency.py --quick               # batch 1, round_to 1/8/16, 20 runs
+    python bench/latency.py --models resnet50,mobilenet_v2 --round-to 1,16,auto
+    python bench/latency.py --quick               # batch 1, round_to 8/16/auto, 20 runs
     python bench/latency.py --light               # + onnx-wheel light models (batch 1)
 """
 from __future__ import annotations
@@ -312,7 +312,8 @@ def bench_model(name: str, args, tmpdir: pathlib.Path, waits: dict) -> dict:
         graphprune.write(res, path)
         rep = res.report
         entry["variants"][key] = {
-            "round_to": rt, "prune_s": time.perf_counter() - t0,
+            "round_to": rt, "plan_round_to": res.plan.round_to,
+            "prune_s": time.perf_counter() - t0,
             "macs_before": rep.macs_before, "macs_after": rep.macs_after,
             "params_before": rep.params_before, "params_after": rep.params_after,
             "mac_ratio": rep.mac_ratio, "param_ratio": rep.param_ratio,
@@ -545,6 +546,16 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _round_tos(text: str) -> list:
+    """--round-to values: positive ints and/or 'auto' (graphprune's default)."""
+    from graphprune.policy import parse_round_to
+
+    try:
+        return [parse_round_to(x) for x in text.split(",") if x.strip()]
+    except Exception as err:  # noqa: BLE001 - argparse reports it
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from models.zoo import LIGHT_MODELS, TORCHVISION_MODELS
@@ -553,7 +564,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None,
                    help="comma list (torchvision names, or light:NAME); default all torchvision")
     p.add_argument("--light", action="store_true", help="add the onnx-wheel light models (batch 1)")
-    p.add_argument("--round-to", default="1,8,16,32", type=_ints)
+    p.add_argument("--round-to", default="1,8,16,auto", type=_round_tos,
+                   help="comma list of ints and/or 'auto' (the default rounding)")
     p.add_argument("--batches", default="1,16", type=_ints)
     p.add_argument("--runs", type=int, default=20, help="timed runs per block (>= 20 advised)")
     p.add_argument("--min-seconds", type=float, default=1.0,
@@ -574,13 +586,13 @@ def main(argv=None) -> int:
                    help="seconds of such waiting in the whole run")
     p.add_argument("--child-timeout", type=float, default=900)
     p.add_argument("--quick", action="store_true",
-                   help="batch 1 only, round_to 1,8,16, 20 runs, 1 round")
+                   help="batch 1 only, round_to 8,16,auto, 20 runs, 1 round")
     p.add_argument("--out", default="latency", help="results basename in bench/results/")
     args = p.parse_args(argv)
     if args.quick:
-        args.batches, args.round_to, args.runs, args.rounds = [1], [1, 8, 16], 20, 1
+        args.batches, args.round_to, args.runs, args.rounds = [1], [8, 16, "auto"], 20, 1
     if (args.runs < 1 or args.rounds < 1 or args.attempts < 1 or not args.round_to
-            or not args.batches or min(args.round_to) < 1 or min(args.batches) < 1):
+            or not args.batches or min(args.batches) < 1):
         p.error("--runs, --rounds, --attempts, --round-to and --batches must be positive")
 
     if args.models:

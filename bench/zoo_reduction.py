@@ -1,7 +1,7 @@
 """Parameter and MAC reduction of every zoo model at one ratio (channels and attention heads):
 the tables the core and transformer issues ask for.
 
-    python bench/zoo_reduction.py [--ratio 0.4] [--round-to 8]
+    python bench/zoo_reduction.py [--ratio 0.4] [--round-to auto|N]
 
 Writes bench/results/zoo_reduction.json and .md; prints the table. Figures are measured, never
 stored: rerun after any change to the rules.
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
+from graphprune.policy import Rounding, parse_round_to  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
 
@@ -37,7 +38,7 @@ def _cases():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.4)
-    parser.add_argument("--round-to", type=int, default=graphprune.DEFAULT_ROUND_TO)
+    parser.add_argument("--round-to", type=parse_round_to, default=graphprune.DEFAULT_ROUND_TO)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     rows = []
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
                      "mac_reduction": 1 - rep.mac_ratio, "groups": rep.groups_found,
                      "pruned": rep.groups_pruned, "cosine": rep.fidelity.cosine,
                      "seconds": time.perf_counter() - start, "frozen_reasons": reasons})
-    lines = [f"ratio {args.ratio}, round-to {args.round_to}", "",
+    rounding = Rounding.of(args.round_to).label  # auto:<block> where auto
+    lines = [f"ratio {args.ratio}, round-to {rounding}", "",
              "| model | params before | params removed | MACs removed | groups pruned/found | "
              "frozen for (besides the output layer) |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "zoo_reduction.json").write_text(json.dumps(
-        {"ratio": args.ratio, "round_to": args.round_to, "rows": rows}, indent=1))
+        {"ratio": args.ratio, "round_to": rounding, "rows": rows}, indent=1))
     (args.out / "zoo_reduction.md").write_text(table + "\n")
     return 0
 

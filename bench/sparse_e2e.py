@@ -191,14 +191,16 @@ def run_latency(args, tmp: Path) -> list[dict]:
 # accuracy
 
 CRITERIA = ("magnitude", "activation")
-QUALITY_LEVELS = {"unstructured": (0.5, 0.7, 0.8, 0.9), "1x4": (0.5, 0.7, 0.8, 0.9),
-                  "4x1": (0.5, 0.7, 0.8, 0.9), "4x4": (0.5, 0.7, 0.8, 0.9), "2:4": (0.5,)}
+LEVELS = (0.3, 0.5, 0.7, 0.9)
+QUALITY_LEVELS = {"unstructured": LEVELS, "1x4": LEVELS, "4x1": LEVELS, "4x4": LEVELS,
+                  "2:4": (0.5,)}
 
 
 def run_quality(args, tmp: Path) -> list[dict]:
     import onnxruntime as ort
 
     from bench import quality_real as qr
+    from graphprune.calibration import CalibrationSet
     from models import transformer_zoo as tz
 
     def run(path, feeds):
@@ -236,8 +238,8 @@ def run_quality(args, tmp: Path) -> list[dict]:
     feeds = tz.minilm_tokenize(sentences)
     pool = [t for t in tz.minilm_sentences(4 * len(sentences)) if t not in set(sentences)][:64]
     tok = tz.minilm_tokenize(pool)
-    calib = [{k: v[i:i + 1, :n] for k, v in tok.items()}
-             for i, n in enumerate(tok["attention_mask"].sum(1))]
+    calib = CalibrationSet([{k: v[i:i + 1, :n] for k, v in tok.items()}
+                            for i, n in enumerate(tok["attention_mask"].sum(1))], batch_size=1)
     mask = feeds["attention_mask"].astype(np.float32)[..., None]
 
     def embed(p):
@@ -282,7 +284,7 @@ def latency_table(rows: list[dict], patterns) -> str:
 
 def quality_table(rows: list[dict]) -> str:
     lines = ["| model | metric | pattern | criterion | " +
-             " | ".join(["50 %", "70 %", "80 %", "90 %"]) + " |",
+             " | ".join(f"{v:.0%}" for v in LEVELS) + " |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for model, metric in (("efficientnet_lite0", "top1_agreement"), ("minilm", "cosine_mean")):
         for pattern in QUALITY_LEVELS:
@@ -291,7 +293,7 @@ def quality_table(rows: list[dict]) -> str:
                        r["pattern"] == pattern and r.get("criterion") == criterion}
                 if not got:
                     continue
-                cells = [f"{got[s]:.3f}" if s in got else "-" for s in (0.5, 0.7, 0.8, 0.9)]
+                cells = [f"{got[s]:.3f}" if s in got else "-" for s in LEVELS]
                 lines.append(f"| {model} | {metric} | {pattern} | {criterion} | " +
                              " | ".join(cells) + " |")
     return "\n".join(lines)

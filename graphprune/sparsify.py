@@ -127,6 +127,8 @@ class SparsityReport:
     timings_run: int = 0  # shapes timed now (the rest came from the cost-model cache)
     nodes: list[NodeDecision] = field(default_factory=list)
     ineligible: dict[str, str] = field(default_factory=dict)  # node -> why not a candidate
+    model_dense_ms: float | None = None  # the whole model, at the timing shapes
+    model_sparse_ms: float | None = None
 
     @property
     def rewritten(self) -> list[NodeDecision]:
@@ -150,6 +152,10 @@ class SparsityReport:
             lines.append(f"  measured at batch {self.batch}, {self.threads} threads: those nodes "
                          f"{dense_ms:.3f} ms dense -> {sparse_ms:.3f} ms sparse "
                          f"(x{sparse_ms / dense_ms:.2f})" if dense_ms else "")
+        if self.model_dense_ms and self.model_sparse_ms:
+            lines.append(f"  whole model: {self.model_dense_ms:.2f} ms dense -> "
+                         f"{self.model_sparse_ms:.2f} ms with the sparse ops "
+                         f"(x{self.model_sparse_ms / self.model_dense_ms:.2f})")
         kept = [d for d in self.nodes if d.decision == "dense"]
         reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
         for d in kept:
@@ -175,6 +181,7 @@ class SparsifyConfig:
     exclude: tuple[str, ...] = ()
     use_cache: bool = True
     criterion: str = "magnitude"  # or "activation": |W|·‖X‖ over calibration data
+    model_check: bool = True  # with measure: time the whole model too, back off if not faster
 
 
 CRITERIA = ("magnitude", "activation")
@@ -405,8 +412,101 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
         if decision.decision == "sparse":
             rewrites.append((cand, node, inits))
     report.timings_run = cost.measured if cost is not None else 0
+    if cost is not None and config.model_check and rewrites:
+        rewrites = _check_whole_model(graph, rewrites, report, config, say)
     _rewrite(graph, rewrites)
     return report
+
+
+MODEL_CHECK_ROUNDS = 4
+
+
+def _check_whole_model(graph: Graph, rewrites: list, report: SparsityReport,
+                       config: SparsifyConfig, say: Progress) -> list:
+    """Per-node timings miss what happens between nodes: our operators read NCHW, so between
+    ONNX Runtime's blocked-layout convs they add reorders, and a chain of individually faster
+    nodes can make a slower model. So the whole model is timed, dense and rewritten; while the
+    rewritten one is not faster, the half of the moved nodes with the smallest per-node margin
+    go back to dense (their weights unmasked). Returns the rewrites to keep."""
+    decisions = {d.node: d for d in report.nodes}
+
+    def name(r):
+        return r[0].node.name or r[0].node.output[0]
+
+    feeds = _timing_feeds(graph, config)
+    say("timing the whole model, dense")
+    dense_ms = _time_model(graph, [], feeds, config.threads)
+    keep = sorted(rewrites, key=lambda r: -(decisions[name(r)].speedup or 0.0))
+    sparse_ms = None
+    for round_no in range(MODEL_CHECK_ROUNDS):
+        say(f"timing the whole model with {len(keep)} sparse nodes")
+        sparse_ms = _time_model(graph, keep, feeds, config.threads)
+        if sparse_ms < dense_ms:
+            break
+        cut = len(keep) // 2 if round_no < MODEL_CHECK_ROUNDS - 1 else 0
+        for r in keep[cut:]:
+            d = decisions[name(r)]
+            d.decision = "dense"
+            d.reason = (f"the whole model measured slower with it (x{sparse_ms / dense_ms:.2f} "
+                        f"of dense with {len(keep)} sparse nodes); smallest per-node margins "
+                        f"go back first")
+        keep = keep[:cut]
+        if not keep:
+            sparse_ms = None
+            break
+    report.model_dense_ms = round(dense_ms, 4)
+    report.model_sparse_ms = None if sparse_ms is None else round(sparse_ms, 4)
+    order = {id(r[0].node): i for i, r in enumerate(rewrites)}
+    return sorted(keep, key=lambda r: order[id(r[0].node)])
+
+
+def _timing_feeds(graph: Graph, config: SparsifyConfig) -> dict[str, np.ndarray]:
+    """Inputs at the timing shapes: floats random, integer ids zero, masks one."""
+    from onnx import helper as onnx_helper
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in graph.model.graph.input:
+        if vi.name in graph.weights:
+            continue
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                config.dims.get(d.dim_param, config.batch if axis == 0 else DEFAULT_SEQUENCE)
+                for axis, d in enumerate(t.shape.dim)]
+        dtype = onnx_helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif "mask" in vi.name.lower():
+            feeds[vi.name] = np.ones(dims, dtype)
+        else:
+            feeds[vi.name] = np.zeros(dims, dtype)
+    return feeds
+
+
+def _time_model(graph: Graph, rewrites: list, feeds: dict, threads: int) -> float:
+    """Median ms of the graph with `rewrites` applied (the graph itself is left untouched)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from .costmodel import _median_ms
+    from .io import save_graph
+    from .kernels import session_options
+
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    trial = dataclasses.replace(graph, model=model, nodes=list(graph.nodes),
+                                weights=dict(graph.weights))
+    _rewrite(trial, rewrites)
+    with tempfile.TemporaryDirectory(prefix="graphprune-time-") as tmp:
+        shell, weights = trial.split()
+        path = save_graph(shell, weights, Path(tmp) / "trial.onnx")
+        so = session_options(threads)
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        best = min(_median_ms(lambda: sess.run(None, feeds), 5, 0.5) for _ in range(2))
+    return best
 
 
 def _sparse_node(graph: Graph, cand: Candidate, masked: np.ndarray, pattern: Pattern, name: str):

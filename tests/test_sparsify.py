@@ -152,7 +152,7 @@ def test_measured_decision_keeps_slow_nodes_dense():
     # dense nodes keep their weights untouched: the output is the original's
     assert result.report.fidelity.max_abs_error == 0.0
     again = graphprune.prune(model, ratio=0.0, sparse=SparsifyConfig(
-        sparsity=0.9, pattern="1x4", min_speedup=0.0))
+        sparsity=0.9, pattern="1x4", min_speedup=0.0, model_check=False))
     assert again.report.sparsity.timings_run == 0  # served from the cost-model cache
     assert len(again.report.sparsity.rewritten) == 3 and uses_sparse_ops(again.graph)
 
@@ -255,3 +255,44 @@ def test_activation_criterion_needs_calibration(tmp_path):
     res = CliRunner().invoke(main, [str(src), "--sparsity", "0.5", "--sparse-criterion",
                                     "activation", "-o", str(tmp_path / "o.onnx")])
     assert res.exit_code == 2 and "--calib" in res.output
+
+
+def test_whole_model_check_backs_off_when_the_model_is_slower(monkeypatch):
+    """Faster nodes can make a slower model (layout reorders between them): the whole model is
+    timed, and while it is slower the nodes with the smallest margins go back to dense."""
+    import sys
+
+    sp = sys.modules["graphprune.sparsify"]  # the module (graphprune.sparsify is the function)
+    calls = []
+
+    def fake_time_model(graph, rewrites, feeds, threads):
+        calls.append(len(rewrites))
+        return 1.0 if not rewrites else 2.0 if len(rewrites) > 1 else 0.5
+
+    monkeypatch.setattr(sp, "_time_model", fake_time_model)
+    result = graphprune.prune(_mlp(), ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="1x4", min_speedup=0.0))
+    report = result.report.sparsity
+    assert calls == [0, 3, 1]  # dense, all three, then the best half (one node)
+    assert len(report.rewritten) == 1
+    best = max(report.nodes, key=lambda d: d.speedup)
+    assert report.rewritten[0].node == best.node
+    backed = [d for d in report.nodes if d.decision == "dense"]
+    assert len(backed) == 2 and all("whole model measured slower" in d.reason for d in backed)
+    assert report.model_dense_ms == 1.0 and report.model_sparse_ms == 0.5
+    assert "whole model: 1.00 ms dense -> 0.50 ms" in report.summary()
+    assert sum(n.domain == kernels.DOMAIN for n in result.graph.nodes) == 1
+
+    calls.clear()
+    monkeypatch.setattr(sp, "_time_model", lambda g, r, f, t: 1.0 if not r else 3.0)
+    slow = graphprune.prune(_mlp(), ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="1x4", min_speedup=0.0))
+    assert not slow.report.sparsity.rewritten and not uses_sparse_ops(slow.graph)
+
+
+def test_whole_model_timing_runs_for_real():
+    result = graphprune.prune(_mlp(), ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="1x4", min_speedup=0.0))
+    report = result.report.sparsity
+    assert report.model_dense_ms > 0
+    assert report.model_sparse_ms is None or report.model_sparse_ms < report.model_dense_ms

@@ -60,10 +60,10 @@ class Rounding:
     `step`: kept counts are multiples of it where a group (or a concat segment of one) is
     larger. `kernel`: what ONNX Runtime's NCHWc kernels need, `step` being their block (see
     `--round-to auto`): a group of exactly one block stays whole (fewer channels would send the
-    next conv to the slow non-blocked path), and a grouped conv keeps a multiple of the block
-    per conv group where it had several (else the conv leaves the NCHWc layout). Groups of
-    exactly one block per conv group (RegNetX) can only shrink out of NCHWc; they shrink to
-    half-block multiples, which measured faster than keeping them (their 1x1 convs shrink).
+    next conv to the slow non-blocked path), and a grouped conv that keeps the same count per
+    group (ShuffleNet v1's) keeps a multiple of the block per conv group where it had several
+    (else the conv leaves the NCHWc layout), or half-block multiples where it had one block.
+    (ResNeXt/RegNet-style grouped convs lose whole groups instead: rules/conv.py.)
     Concat inputs and Split outputs are rounded one by one in every mode."""
 
     step: int = 1

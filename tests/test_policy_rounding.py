@@ -129,23 +129,18 @@ def test_round_to_one_leaves_concat_inputs_unrounded():
     assert convs["a.conv"][0] + convs["b.conv"][0] == 80 - int(80 * 0.4)
 
 
-def test_auto_keeps_whole_blocks_per_conv_group():
-    """128 channels in 4 groups of 32: auto keeps 16 per group (a multiple of the block)."""
-    model = _grouped_net(128)
-    result = prune(model, ratio=0.4, round_to="auto:16", verify=False)
-    out, per_group, group = _conv_channels(result.model)["b.conv2"]
-    assert (group, per_group, out) == (4, 16, 64)
-    _assert_exact(model, result)
-    explicit = _conv_channels(prune(model, ratio=0.4, round_to=16, verify=False).model)
-    assert explicit["b.conv2"][1] % 16 != 0           # an explicit 16 rounds the total only
-
-
-def test_auto_shrinks_one_block_conv_groups_by_half_blocks():
-    """64 channels in 4 groups of 16 (RegNetX's group width): auto keeps 8 per group."""
-    model = _grouped_net(64)
-    result = prune(model, ratio=0.4, round_to="auto:16", verify=False)
-    assert _conv_channels(result.model)["b.conv2"] == (32, 8, 4)
-    _assert_exact(model, result)
+@pytest.mark.parametrize("width, kept", [(128, (96, 32, 3)), (64, (48, 16, 3))])
+def test_grouped_convs_lose_whole_groups(width, kept):
+    """4 conv groups of 32 or of 16 (RegNetX's width): 40 % removes one whole group, so each
+    kept group keeps its width (ONNX Runtime's blocked layout needs 16 per group) and the
+    grouped conv's work falls with its group count."""
+    model = _grouped_net(width)
+    for round_to in ("auto:16", 8, 1):
+        result = prune(model, ratio=0.4, round_to=round_to, verify=False)
+        convs = _conv_channels(result.model)
+        assert convs["b.conv2"] == kept
+        assert convs["b.conv1"][0] == kept[0] and convs["b.conv3"][1] == kept[0]
+        _assert_exact(model, result)
 
 
 def test_auto_keeps_a_one_block_group_whole():

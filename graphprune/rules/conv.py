@@ -1,7 +1,8 @@
 """Conv and ConvTranspose: producers of output channels, consumers of input channels.
 
-Depthwise convs tie each input channel to its output channel(s); grouped convs (ResNeXt,
-RegNet, ShuffleNet) require every group to keep the same number of channels on each side.
+Depthwise convs tie each input channel to its output channel(s). Grouped convs with as many
+outputs as inputs (ResNeXt, RegNet) tie input block g to output block g and lose whole groups;
+other grouped convs (ShuffleNet v1) keep the same number of channels in every group.
 """
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ def _out_seed(node, graph):
     return [(node.output[0], 1)] if graph.const(node.input[1]) is not None else []
 
 
-def _group_fixup(node, in_space):
+def _group_fixup(node, in_space, per_group: int = 1):
+    """`group` follows the kept input channels: one per group (depthwise), or whole groups."""
     def fix(graph, keep):
-        set_attr(node, "group", int(len(keep[in_space])))
+        set_attr(node, "group", int(len(keep[in_space])) // per_group)
     return fix
 
 
 @rule("Conv", seeds=_out_seed)
 def conv(node, port: Port, graph) -> Effect:
-    """Output channels own the filters and bias; input channels own weight columns; depthwise ties input to output channels; grouped convs keep every group equally sized."""
+    """Output channels own the filters and bias; input channels own weight columns; depthwise ties input to output channels; grouped convs lose whole groups (as many outputs as inputs) or keep every group equally sized."""
     w = graph.const(node.input[1])
     if w is None:
         return frozen(f"Conv '{node.name}' has a weight computed at run time")
@@ -51,8 +53,22 @@ def conv(node, port: Port, graph) -> Effect:
             effect.links.append(Link(in_space, None if pairs is None else (pairs[1], pairs[0])))
         effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space)
         return effect
-    # Grouped conv (ResNeXt, RegNet, ShuffleNet): each side keeps the same number of channels
-    # in every group; the two sides are otherwise independent.
+    if c_in == c_out and np.prod(w.shape[2:]) > 1:
+        # ResNeXt, RegNet: spatial conv group g reads input block g and writes output block g.
+        # Remove whole conv groups: the blocks keep their width (ONNX Runtime's blocked layout
+        # wants 16-channel multiples per group) and the work falls with the group count.
+        # (ShuffleNet v1's grouped 1x1 convs sit between channel shuffles, which move channels
+        # across groups: tying their sides would freeze the whole stream; they stay uniform.)
+        if port.side == "in":
+            effect.links.append(Link(out_space, None))
+        else:
+            effect.links.append(Link(in_space, None))
+        effect.constraints.append(Constraint(in_space if port.side == "in" else out_space,
+                                             group, "whole"))
+        effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space, c_in // group)
+        return effect
+    # Other grouped convs (ShuffleNet's 1x1s): each side keeps the same number of channels in
+    # every group; the two sides are otherwise independent.
     effect.constraints.append(Constraint(in_space if port.side == "in" else out_space,
                                          group, "uniform"))
     if port.side == "in":

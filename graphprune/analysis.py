@@ -17,6 +17,7 @@ import numpy as np
 
 from . import rules  # noqa: F401  (registers every rule)
 from .coupling import Constraint, Fixup, Link, ParamSlice, Port, Space, rule_for
+from .rules.conv import UNIFORM_GROUPED, whole_grouped_conv
 from .ir import Graph
 
 
@@ -73,7 +74,24 @@ class _SpaceInfo:
 
 
 def analyze(graph: Graph) -> Analysis:
-    """Find every group of coupled channels in a graph whose shapes have been inferred."""
+    """Find every group of coupled channels in a graph whose shapes have been inferred.
+
+    Grouped convs that could lose whole groups (rules/conv.py) but meet another grouped conv's
+    equal-count constraint in the same group (AlexNet's conv4 -> conv5) are analysed again
+    keeping equal counts per group, which both can honour."""
+    result = _analyze(graph)
+    names = {n.name: n for n in graph.nodes}
+    retry = {name for g in result.groups
+             if g.frozen and g.frozen.startswith("conflicting block structures")
+             for name in g.nodes if name in names and whole_grouped_conv(names[name], graph)}
+    retry -= set(graph.options.get(UNIFORM_GROUPED, ()))
+    if retry:
+        graph.options[UNIFORM_GROUPED] = set(graph.options.get(UNIFORM_GROUPED, ())) | retry
+        result = _analyze(graph)
+    return result
+
+
+def _analyze(graph: Graph) -> Analysis:
     links: list[tuple[Space, Space, tuple | None]] = []
     info: dict[Space, _SpaceInfo] = {}
     boundary = set(graph.input_names) | set(graph.output_names)

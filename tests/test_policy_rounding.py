@@ -143,6 +143,25 @@ def test_grouped_convs_lose_whole_groups(width, kept):
         _assert_exact(model, result)
 
 
+def test_whole_groups_meeting_an_equal_count_grouped_conv_fall_back_to_equal_counts():
+    """AlexNet's conv4 (384 -> 384, 2 groups) feeds conv5 (384 -> 256, 2 groups): conv4 could
+    lose a whole group, but conv5 needs the same count kept in each of its input groups. The
+    analysis sees the conflict and keeps equal counts per group in both."""
+    g = _Graph(0)
+    x = g.cba("input", 8, 32, 3, "stem")
+    y = g.cba(x, 32, 64, 1, "p", conv="conv", bn="bn", act_name="relu")
+    y = g.cba(y, 64, 64, 3, "q", 1, 2, conv="conv", bn="bn", act_name="relu")
+    y = g.cba(y, 64, 32, 3, "r", 1, 2, conv="conv", bn="bn", act_name="relu")
+    g.head(y, 32)
+    model = g.build("alexnet_like", [1, 8, 8, 8], ["output"])
+    _, analysis = analyze_model(model)
+    assert not [grp.frozen for grp in analysis.groups if grp.frozen and "conflict" in grp.frozen]
+    result = prune(model, ratio=0.4, round_to=1, verify=False)
+    convs = _conv_channels(result.model)
+    assert convs["q.conv"][2] == 2 and convs["q.conv"][0] < 64  # both groups kept, shrunk
+    _assert_exact(model, result)
+
+
 def test_auto_keeps_a_one_block_group_whole():
     model = _one_block_net()
     auto = _conv_channels(prune(model, ratio=0.4, round_to="auto:16", verify=False).model)

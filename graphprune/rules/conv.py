@@ -16,6 +16,25 @@ def _out_seed(node, graph):
     return [(node.output[0], 1)] if graph.const(node.input[1]) is not None else []
 
 
+# graph.options key: names of grouped convs kept to equal counts per group (analysis.py sets it
+# when losing whole groups conflicts with a neighbour's constraint).
+UNIFORM_GROUPED = "uniform_grouped_convs"
+
+
+def whole_grouped_conv(node, graph) -> bool:
+    """A spatial grouped conv with as many outputs as inputs (ResNeXt, RegNet): group g reads
+    input block g and writes output block g, so it can lose whole groups."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        return False
+    w = graph.const(node.input[1]) if len(node.input) > 1 else None
+    group = int(attr(node, "group", 1))
+    if w is None or w.ndim < 3 or group <= 1:
+        return False
+    c_in, c_out = w.shape[1] * group, w.shape[0]
+    return (c_in == c_out and c_in != group and int(np.prod(w.shape[2:])) > 1
+            and node.name not in graph.options.get(UNIFORM_GROUPED, ()))
+
+
 def _group_fixup(node, in_space, per_group: int = 1):
     """`group` follows the kept input channels: one per group (depthwise), or whole groups."""
     def fix(graph, keep):
@@ -53,7 +72,7 @@ def conv(node, port: Port, graph) -> Effect:
             effect.links.append(Link(in_space, None if pairs is None else (pairs[1], pairs[0])))
         effect.fixups[f"group:{node.name}"] = _group_fixup(node, in_space)
         return effect
-    if c_in == c_out and np.prod(w.shape[2:]) > 1:
+    if whole_grouped_conv(node, graph):
         # ResNeXt, RegNet: spatial conv group g reads input block g and writes output block g.
         # Remove whole conv groups: the blocks keep their width (ONNX Runtime's blocked layout
         # wants 16-channel multiples per group) and the work falls with the group count.

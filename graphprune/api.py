@@ -83,9 +83,10 @@ class Report:
         return data
 
     def summary(self) -> str:
+        channels = self.sparsity is None or self.groups_found > 0  # else: only --sparsity ran
         lines = [
             f"groups: {self.groups_found} found, {self.groups_pruned} pruned, "
-            f"{len(self.frozen)} frozen, {len(self.skipped)} excluded",
+            f"{len(self.frozen)} frozen, {len(self.skipped)} excluded" if channels else "",
             f"params: {self.params_before:,} -> {self.params_after:,} "
             f"(x{self.param_ratio:.3f})",
             f"MACs:   {self.macs_before:,} -> {self.macs_after:,} (x{self.mac_ratio:.3f})",
@@ -120,7 +121,7 @@ class Report:
             lines.append(f"  frozen x{len(examples)}: {shown}")
         if len(kinds) > 8:
             lines.append(f"  ... and {len(kinds) - 8} more kinds of reason (see --report)")
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
 
 
 class PruneResult:

@@ -145,9 +145,14 @@ class SparsityReport:
         total = sum(d.weights for d in sparse)
         dense_ms = sum(d.dense_ms or 0.0 for d in sparse)
         sparse_ms = sum(d.sparse_ms or 0.0 for d in sparse)
-        lines = [f"sparsity: {len(sparse)} of {len(self.nodes)} candidate nodes moved to "
-                 f"graphprune sparse ops ({self.pattern}, {self.sparsity:.0%} of their "
-                 f"{total:,} weights zero: {zeros:,})"]
+        if sparse:
+            lines = [f"sparsity: {len(sparse)} of {len(self.nodes)} candidate nodes moved to "
+                     f"graphprune sparse ops ({self.pattern}, {self.sparsity:.0%} of their "
+                     f"{total:,} weights zero: {zeros:,})"]
+        else:
+            lines = [f"sparsity: none of the {len(self.nodes)} candidate nodes moved to "
+                     f"graphprune sparse ops ({self.pattern}, {self.sparsity:.0%}): their "
+                     f"weights are left dense"]
         if self.measured and sparse:
             lines.append(f"  measured at batch {self.batch}, {self.threads} threads: those nodes "
                          f"{dense_ms:.3f} ms dense -> {sparse_ms:.3f} ms sparse "

@@ -117,7 +117,7 @@ def masked_model(path: Path, sparsity: float, pattern: str, dest: Path,
     """Every candidate weight masked, dense ops kept (the DeepSparse / accuracy input)."""
     from graphprune.api import canonicalize, load_graph
     from graphprune.io import save_graph
-    from graphprune.sparsify import SparsifyConfig, mask_graph
+    from graphprune.sparsity import SparsifyConfig, mask_graph
 
     _, graph = load_graph(str(path))
     canonicalize(graph)
@@ -129,7 +129,7 @@ def masked_model(path: Path, sparsity: float, pattern: str, dest: Path,
 
 def run_latency(args, tmp: Path) -> list[dict]:
     import graphprune
-    from graphprune.sparsify import SparsifyConfig
+    from graphprune.sparsity import SparsifyConfig
 
     rows = []
     deepsparse = None

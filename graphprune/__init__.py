@@ -12,7 +12,7 @@ from .api import DEFAULT_ROUND_TO, PruneResult, Report, analyze_model, prune, sp
 from .errors import (GraphpruneError, ModelLoadError, NothingToPruneError, UnsafeResultError,
                      UsageError)
 from .policy import Plan
-from .sparsify import SparsifyConfig, SparsityReport
+from .sparsity import SparsifyConfig, SparsityReport
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ import onnx
 from .analysis import Analysis, analyze
 from .budget import Budget
 from .sensitivity import Sensitivity
-from .sparsify import DEFAULT_PATTERN, SparsifyConfig, SparsityReport, sparsify_graph, \
+from .sparsity import DEFAULT_PATTERN, SparsifyConfig, SparsityReport, sparsify_graph, \
     uses_sparse_ops
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
 from .io import check_structure, load_model, load_split, save_graph
@@ -199,7 +199,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     (bias; with `calib` also a least-squares re-fit; see compensation.py) before surgery.
 
     `sparse` then masks the remaining weights to a sparsity pattern and moves the nodes where
-    graphprune's sparse operators measure faster onto them (see sparsify.py); `ratio=0` with
+    graphprune's sparse operators measure faster onto them (see sparsity.py); `ratio=0` with
     `sparse` only sparsifies. The result then needs graphprune.kernels to run.
     """
     say = progress or (lambda _msg: None)

@@ -20,8 +20,8 @@ from .errors import GraphpruneError, UsageError
 from .io import write_text
 from .policy import Plan, parse_round_to
 from .scoring import CRITERIA, DATA_CRITERIA
-from .sparsify import CRITERIA as SPARSE_CRITERIA
-from .sparsify import (DEFAULT_MIN_SPEEDUP, DEFAULT_PATTERN, DEFAULT_SEQUENCE, PATTERNS, Pattern,
+from .sparsity import CRITERIA as SPARSE_CRITERIA
+from .sparsity import (DEFAULT_MIN_SPEEDUP, DEFAULT_PATTERN, DEFAULT_SEQUENCE, PATTERNS, Pattern,
                        SparsifyConfig)
 
 

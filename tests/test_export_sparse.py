@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import graphprune
 from graphprune import kernels
 from graphprune.cli import main
-from graphprune.sparsify import METADATA_KEY, SparsifyConfig
+from graphprune.sparsity import METADATA_KEY, SparsifyConfig
 from models.blocks import BLOCKS
 from tests.test_export import _load_in_fresh_process
 

@@ -27,7 +27,8 @@ CUDA_LIBRARY_NAME = "libgraphprune_kernels_cuda.so"
 _SOURCE_GLOBS = ("CMakeLists.txt", "fetch_headers.sh", "src/*.cpp", "src/*.h", "src/*.inc")
 # The CUDA library: its own folder plus the CPU packer it links (and the top-level CMakeLists).
 _CUDA_SOURCE_GLOBS = ("CMakeLists.txt", "fetch_headers.sh", "cuda/CMakeLists.txt", "cuda/*.cpp",
-                      "cuda/*.cu", "cuda/*.h", "src/pack.cpp", "src/sparse_matmul.h")
+                      "cuda/*.cu", "cuda/*.h", "src/pack.cpp", "src/sparse_matmul.h",
+                      "src/kernel_info.cpp", "src/kernel_info.h")
 # RegisterCustomOps of the CUDA library adds the CPU library's operators (read from this
 # variable) to its "graphprune" domain: ONNX Runtime refuses two domains of one name.
 CPU_LIBRARY_ENV = "GRAPHPRUNE_KERNELS_CPU_LIBRARY"

@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include "gpu_layout.h"
+#include "kernel_info.h"
 #include "onnxruntime_c_api.h"
 #include "sparse_matmul.h"
 #include "spmm_device.h"
@@ -51,6 +52,13 @@ using graphprune::PackedWeight;
 using graphprune::cuda::DeviceProblem;
 using graphprune::cuda::DeviceWeight;
 using graphprune::cuda::GpuLayout;
+using graphprune::ort::node_name;
+
+// The attribute reader gives a graphprune::Activation; the device code takes its value.
+static_assert(graphprune::cuda::kActNone == static_cast<int>(graphprune::Activation::kNone) &&
+                  graphprune::cuda::kActRelu == static_cast<int>(graphprune::Activation::kRelu) &&
+                  graphprune::cuda::kActGelu == static_cast<int>(graphprune::Activation::kGelu),
+              "graphprune::cuda::Act and graphprune::Activation must agree");
 
 constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
@@ -75,45 +83,6 @@ OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& w
 OrtStatus* cuda_fail(const OrtApi* api, const std::string& node, const char* what, cudaError_t err) {
   return fail(api, node, std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")",
               ORT_RUNTIME_EXCEPTION);
-}
-
-// --- attributes ---------------------------------------------------------------------------------
-
-bool int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
-  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, out);
-  if (st) api->ReleaseStatus(st);
-  return st == nullptr;
-}
-
-bool string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
-  size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (!st) {
-    out->assign(size, '\0');
-    st = api->KernelInfoGetAttribute_string(info, name, &(*out)[0], &size);
-  }
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  while (!out->empty() && out->back() == '\0') out->pop_back();
-  return true;
-}
-
-std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
-  size_t size = 0;
-  std::string s;
-  OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size);
-  if (!st) {
-    s.assign(size, '\0');
-    st = api->KernelInfo_GetNodeName(info, &s[0], &size);
-  }
-  if (st) {
-    api->ReleaseStatus(st);
-    return "";
-  }
-  while (!s.empty() && s.back() == '\0') s.pop_back();
-  return s;
 }
 
 // --- tensors ------------------------------------------------------------------------------------
@@ -363,48 +332,15 @@ OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** ou
   k->api = api;
   k->name = node_name(api, info);
 
-  int64_t v = 0;
-  if (!int_attr(api, info, "k", &k->spec.k)) return fail(api, k->name, "attribute 'k' (int) is required");
-  if (!int_attr(api, info, "n", &k->spec.n)) return fail(api, k->name, "attribute 'n' (int) is required");
-  if (!string_attr(api, info, "format", &k->spec.format))
-    return fail(api, k->name, "attribute 'format' (bsr, csr or nm) is required");
-  k->spec.br = int_attr(api, info, "block_rows", &v) ? static_cast<int>(v) : 1;
-  k->spec.bc = int_attr(api, info, "block_cols", &v) ? static_cast<int>(v) : 1;
-  k->spec.nm_n = int_attr(api, info, "nm_n", &v) ? static_cast<int>(v) : 2;
-  k->spec.nm_m = int_attr(api, info, "nm_m", &v) ? static_cast<int>(v) : 4;
-  std::string act = "none";
-  string_attr(api, info, "activation", &act);
-  if (act == "none" || act.empty()) k->act = graphprune::cuda::kActNone;
-  else if (act == "relu") k->act = graphprune::cuda::kActRelu;
-  else if (act == "gelu") k->act = graphprune::cuda::kActGelu;
-  else return fail(api, k->name, "activation '" + act + "' is not one of none, relu, gelu");
-  std::string err = graphprune::validate_spec(k->spec);
+  graphprune::Activation act = graphprune::Activation::kNone;
+  std::string err = graphprune::ort::read_weight_attrs(api, info, &k->spec, &act);
   if (!err.empty()) return fail(api, k->name, err);
+  k->act = static_cast<int>(act);
 
   // Pack now if the weight inputs are initializers.
   const OrtValue* cv[3] = {nullptr, nullptr, nullptr};
   bool all_const = true;
-  size_t n_inputs = 0;
-  GP_RETURN_IF_ERROR(api->KernelInfo_GetInputCount(info, &n_inputs));
-  for (size_t i = 0; i < 3; ++i) {
-    const size_t idx = kValues + i;
-    if (idx >= n_inputs) continue;  // absent optional row_ptr
-    int is_const = 0;
-    OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, idx, &is_const, &cv[i]);
-    if (st) {
-      api->ReleaseStatus(st);
-      is_const = 0;
-    }
-    if (!is_const) {
-      cv[i] = nullptr;
-      char nm[2] = {0, 0};  // an absent optional input has an empty name
-      size_t sz = sizeof(nm);
-      OrtStatus* st2 = api->KernelInfo_GetInputName(info, idx, nm, &sz);
-      const bool absent = (st2 == nullptr && nm[0] == '\0');
-      if (st2) api->ReleaseStatus(st2);
-      if (!absent) all_const = false;
-    }
-  }
+  GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues, 3, cv, &all_const));
   if (all_const && cv[0] && cv[1]) {
     GP_RETURN_IF_ERROR(k->pack(cv[0], cv[1], cv[2], &k->layout));
     k->prepacked = true;

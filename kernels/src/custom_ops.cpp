@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "onnxruntime_c_api.h"
+#include "kernel_info.h"
 #include "sparse_matmul.h"
 
 #if !defined(ORT_API_VERSION) || ORT_API_VERSION < 21
@@ -38,6 +39,10 @@ using graphprune::IndexView;
 using graphprune::Layout;
 using graphprune::PackedWeight;
 using graphprune::Problem;
+using graphprune::ort::int_attr;
+using graphprune::ort::ints_attr;
+using graphprune::ort::node_name;
+using graphprune::ort::string_attr;
 
 constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
@@ -55,71 +60,6 @@ OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& w
   if (!node.empty()) m += " (node '" + node + "')";
   m += ": " + what;
   return api->CreateStatus(ORT_INVALID_ARGUMENT, m.c_str());
-}
-
-// --- attributes ---------------------------------------------------------------------------------
-
-bool get_int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
-  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, out);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  return true;
-}
-
-// An ints attribute: false if absent.
-bool get_ints_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::vector<int64_t>* out) {
-  size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  out->assign(size, 0);
-  if (size == 0) return true;
-  st = api->KernelInfoGetAttributeArray_int64(info, name, out->data(), &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  out->resize(size);
-  return true;
-}
-
-bool get_string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
-  size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  std::string s(size, '\0');
-  st = api->KernelInfoGetAttribute_string(info, name, &s[0], &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  while (!s.empty() && s.back() == '\0') s.pop_back();
-  *out = s;
-  return true;
-}
-
-std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
-  size_t size = 0;
-  OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return "";
-  }
-  std::string s(size, '\0');
-  st = api->KernelInfo_GetNodeName(info, &s[0], &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return "";
-  }
-  while (!s.empty() && s.back() == '\0') s.pop_back();
-  return s;
 }
 
 // --- tensors --------------------------------------------------------------------------------------
@@ -206,15 +146,15 @@ std::string join(const std::vector<int64_t>& v) {
 // Reads and checks kernel_shape, strides, pads, dilations, group and auto_pad. "" or an error.
 std::string read_conv_attrs(const OrtApi* api, const OrtKernelInfo* info, int64_t k, ConvAttrs* out) {
   std::vector<int64_t> ks, st, pd, dl;
-  const bool has_k = get_ints_attr(api, info, "kernel_shape", &ks);
-  const bool has_s = get_ints_attr(api, info, "strides", &st);
-  const bool has_p = get_ints_attr(api, info, "pads", &pd);
-  const bool has_d = get_ints_attr(api, info, "dilations", &dl);
+  const bool has_k = ints_attr(api, info, "kernel_shape", &ks);
+  const bool has_s = ints_attr(api, info, "strides", &st);
+  const bool has_p = ints_attr(api, info, "pads", &pd);
+  const bool has_d = ints_attr(api, info, "dilations", &dl);
   int64_t group = 1;
-  if (get_int_attr(api, info, "group", &group) && group != 1)
+  if (int_attr(api, info, "group", &group) && group != 1)
     return "group=" + std::to_string(group) + " is not supported (SparseConv needs group 1)";
   std::string auto_pad;
-  if (get_string_attr(api, info, "auto_pad", &auto_pad) && !auto_pad.empty() && auto_pad != "NOTSET")
+  if (string_attr(api, info, "auto_pad", &auto_pad) && !auto_pad.empty() && auto_pad != "NOTSET")
     return "auto_pad=" + auto_pad + " is not supported: give explicit pads";
   size_t rank = has_k ? ks.size() : has_s ? st.size() : has_d ? dl.size() : has_p ? pd.size() / 2 : 0;
   if ((has_k || has_s || has_d || has_p) && (rank < 1 || rank > 2))
@@ -405,22 +345,7 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   k->conv = def->conv;
   k->name = node_name(api, info);
 
-  int64_t v = 0;
-  if (!get_int_attr(api, info, "k", &k->spec.k)) return fail(api, k->name, "attribute 'k' (int) is required");
-  if (!get_int_attr(api, info, "n", &k->spec.n)) return fail(api, k->name, "attribute 'n' (int) is required");
-  if (!get_string_attr(api, info, "format", &k->spec.format))
-    return fail(api, k->name, "attribute 'format' (bsr, csr or nm) is required");
-  k->spec.br = get_int_attr(api, info, "block_rows", &v) ? static_cast<int>(v) : 1;
-  k->spec.bc = get_int_attr(api, info, "block_cols", &v) ? static_cast<int>(v) : 1;
-  k->spec.nm_n = get_int_attr(api, info, "nm_n", &v) ? static_cast<int>(v) : 2;
-  k->spec.nm_m = get_int_attr(api, info, "nm_m", &v) ? static_cast<int>(v) : 4;
-  std::string act = "none";
-  get_string_attr(api, info, "activation", &act);
-  if (act == "none" || act.empty()) k->act = Activation::kNone;
-  else if (act == "relu") k->act = Activation::kRelu;
-  else if (act == "gelu") k->act = Activation::kGelu;
-  else return fail(api, k->name, "activation '" + act + "' is not one of none, relu, gelu");
-  std::string err = graphprune::validate_spec(k->spec);
+  std::string err = graphprune::ort::read_weight_attrs(api, info, &k->spec, &k->act);
   if (!err.empty()) return fail(api, k->name, err);
   if (k->conv) {
     err = read_conv_attrs(api, info, k->spec.k, &k->geom);
@@ -430,29 +355,7 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   // Pack now if the weight inputs are constant (initializers).
   const OrtValue* cv[3] = {nullptr, nullptr, nullptr};
   bool all_const = true;
-  size_t n_inputs = 0;
-  GP_RETURN_IF_ERROR(api->KernelInfo_GetInputCount(info, &n_inputs));
-  for (size_t i = 0; i < 3; ++i) {
-    const size_t idx = kValues + i;
-    if (idx >= n_inputs) continue;  // absent optional row_ptr
-    int is_const = 0;
-    OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, idx, &is_const, &cv[i]);
-    if (st) {
-      api->ReleaseStatus(st);
-      is_const = 0;
-    }
-    if (!is_const) {
-      cv[i] = nullptr;
-      // An absent optional input (empty name) is fine; any other non-constant input means
-      // packing on every run.
-      char nm[2] = {0, 0};
-      size_t sz = sizeof(nm);
-      OrtStatus* st2 = api->KernelInfo_GetInputName(info, idx, nm, &sz);
-      const bool absent = (st2 == nullptr && nm[0] == '\0');
-      if (st2) api->ReleaseStatus(st2);
-      if (!absent) all_const = false;
-    }
-  }
+  GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues, 3, cv, &all_const));
   if (all_const && cv[0] && cv[1]) {
     GP_RETURN_IF_ERROR(k->pack(cv[0], cv[1], cv[2], &k->weight));
     k->prepacked = true;

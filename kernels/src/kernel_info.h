@@ -1,0 +1,37 @@
+// Reading a graphprune sparse node's attributes and constant weight inputs from ONNX Runtime's
+// OrtKernelInfo: shared by the CPU operators (custom_ops.cpp) and the CUDA one
+// (cuda/cuda_ops.cpp), which take the same ONNX-level inputs and attributes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "onnxruntime_c_api.h"
+#include "sparse_matmul.h"
+
+namespace graphprune {
+namespace ort {
+
+// Attribute getters: false when the attribute is absent (or of another type).
+bool int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out);
+bool ints_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
+               std::vector<int64_t>* out);
+bool string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out);
+// The node's name, or "" when the runtime cannot say.
+std::string node_name(const OrtApi* api, const OrtKernelInfo* info);
+
+// The weight format (k, n, format, block_rows, block_cols, nm_n, nm_m) and the fused activation
+// of a SparseMatMul / SparseConv node, validated. Returns "" or what is wrong.
+std::string read_weight_attrs(const OrtApi* api, const OrtKernelInfo* info, FormatSpec* spec,
+                              Activation* act);
+
+// The `count` weight inputs from `first` on (values, indices, row_ptr) when they are constant
+// (initializers): `values[i]` is null for a non-constant or absent input; `*all_constant` is
+// false when some present input is not constant (the weight must then be packed every run).
+OrtStatus* constant_inputs(const OrtApi* api, const OrtKernelInfo* info, size_t first,
+                           size_t count, const OrtValue** values, bool* all_constant);
+
+}  // namespace ort
+}  // namespace graphprune

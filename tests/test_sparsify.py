@@ -61,6 +61,20 @@ def _run_dense(model: onnx.ModelProto, feeds):
                                 providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def _sparsify_and_compare(model, config, *, batches=(2,), seed=1, calib=None):
+    """Sparsify `model`, mask the same nodes of a dense copy, and check both compute the same
+    on random inputs of each batch size. Returns the result and the masked dense graph."""
+    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False, calib=calib)
+    assert result.report.sparsity.rewritten and uses_sparse_ops(result.graph)
+    reference = _canonical(model)
+    masked_reference(reference, result.report.sparsity, config, calib=calib)
+    for batch in batches:
+        feeds = random_inputs(model, seed=seed + batch, batch=batch)
+        _assert_close(kernels.session(result.model, threads=2).run(None, feeds),
+                      _run_dense(reference.to_model(), feeds))
+    return result, reference
+
+
 def _assert_close(got, want):
     for a, b in zip(got, want):
         scale = max(float(np.abs(b).max()), 1e-6)
@@ -100,44 +114,22 @@ def test_grouped_conv_is_not_a_candidate_and_says_why():
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_sparse_model_equals_masked_dense_mlp(pattern):
-    model = _mlp()
     config = SparsifyConfig(sparsity=0.8, pattern=pattern, measure=False)
-    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
-    assert uses_sparse_ops(result.graph)
+    result, _ = _sparsify_and_compare(_mlp(), config, batches=(1, 3), seed=0)
     assert len(result.report.sparsity.rewritten) == 3
-    reference = _canonical(model)
-    masked_reference(reference, result.report.sparsity, config)
-    for batch in (1, 3):
-        feeds = random_inputs(model, seed=batch, batch=batch)
-        got = kernels.session(result.model, threads=2).run(None, feeds)
-        _assert_close(got, _run_dense(reference.to_model(), feeds))
 
 
 @pytest.mark.parametrize("name", ["resnet_bottleneck", "flatten_gemm", "yolo_csp"])
 @pytest.mark.parametrize("pattern", ["4x1", "unstructured", "2:4"])
 def test_sparse_cnn_equals_masked_dense(name, pattern):
-    model = BLOCKS[name](0)
     config = SparsifyConfig(sparsity=0.9, pattern=pattern, measure=False)
-    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
-    assert result.report.sparsity.rewritten
-    reference = _canonical(model)
-    masked_reference(reference, result.report.sparsity, config)
-    feeds = random_inputs(model, seed=1, batch=2)
-    _assert_close(kernels.session(result.model).run(None, feeds),
-                  _run_dense(reference.to_model(), feeds))
+    _sparsify_and_compare(BLOCKS[name](0), config)
 
 
 @pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
 def test_sparse_attention_block_equals_masked_dense(name):
-    model = ATTENTION_BLOCKS[name](0)
     config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)
-    result = graphprune.prune(model, ratio=0.0, sparse=config, verify=False)
-    assert result.report.sparsity.rewritten
-    reference = _canonical(model)
-    masked_reference(reference, result.report.sparsity, config)
-    feeds = random_inputs(model, seed=2, batch=2)
-    _assert_close(kernels.session(result.model).run(None, feeds),
-                  _run_dense(reference.to_model(), feeds))
+    _sparsify_and_compare(ATTENTION_BLOCKS[name](0), config)
 
 
 def test_measured_decision_keeps_slow_nodes_dense():
@@ -230,10 +222,8 @@ def test_activation_criterion_weighs_weights_by_input_norms():
              for _ in range(3)]
     config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False,
                             criterion="activation")
-    result = graphprune.prune(model, ratio=0.0, sparse=config, calib=calib, verify=False)
+    result, reference = _sparsify_and_compare(model, config, calib=calib)
     w1 = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "w1")
-    reference = _canonical(model)
-    masked_reference(reference, result.report.sparsity, config, calib=calib)
     kept = reference.weights["w1"] != 0
     assert kept[:8].mean() > 0.9 and kept[8:].mean() < 0.25  # loud rows kept, not by |W|
     plain = _canonical(model)
@@ -241,9 +231,6 @@ def test_activation_criterion_weighs_weights_by_input_norms():
         sparsity=0.75, pattern="unstructured"))
     assert (plain.weights["w1"] != 0)[:8].mean() < 0.5
     np.testing.assert_array_equal(reference.weights["w1"][kept], w1[kept])
-    feeds = random_inputs(model, seed=3, batch=2)
-    _assert_close(kernels.session(result.model).run(None, feeds),
-                  _run_dense(reference.to_model(), feeds))
 
 
 def test_activation_criterion_needs_calibration(tmp_path):

@@ -50,6 +50,28 @@ NM_FOR_SPARSITY = {50: (2, 4), 70: (3, 10), 80: (1, 5), 90: (1, 10), 95: (1, 20)
 PATTERNS = ("bsr1x4", "bsr4x1", "bsr4x4", "bsr8x1", "csr", "nm")
 
 
+
+def _patterns_and_sparsities(ap, args) -> tuple[list[str], list[int]]:
+    """--patterns and --sparsities parsed and checked (argparse error on a bad one)."""
+    patterns = args.patterns.split(",")
+    sparsities = [int(v) for v in args.sparsities.split(",")]
+    for p in patterns:
+        if p not in PATTERNS:
+            ap.error(f"unknown pattern {p}; use {', '.join(PATTERNS)}")
+    for s in sparsities:
+        if s not in NM_FOR_SPARSITY:
+            ap.error(f"sparsity {s} is not one of {sorted(NM_FOR_SPARSITY)}")
+    return patterns, sparsities
+
+
+def _library() -> str | None:
+    """The kernel library's path, or None (said on stderr) when it cannot be built here."""
+    try:
+        return gk.library_path()
+    except gk.KernelsUnavailable as exc:
+        print(f"kernels unavailable: {exc}", file=sys.stderr)
+        return None
+
 def dense_model(w: np.ndarray):
     from onnx import TensorProto, helper, numpy_helper
 
@@ -131,19 +153,10 @@ def main(argv=None) -> int:
         args.shapes, args.sparsities = "768x768,3072x768", "50,90"
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.m.split(",")]
-    patterns = args.patterns.split(",")
-    sparsities = [int(v) for v in args.sparsities.split(",")]
-    for p in patterns:
-        if p not in PATTERNS:
-            ap.error(f"unknown pattern {p}; use {', '.join(PATTERNS)}")
-    for s in sparsities:
-        if s not in NM_FOR_SPARSITY:
-            ap.error(f"sparsity {s} is not one of {sorted(NM_FOR_SPARSITY)}")
+    patterns, sparsities = _patterns_and_sparsities(ap, args)
 
-    try:
-        lib = gk.library_path()
-    except gk.KernelsUnavailable as exc:
-        print(f"kernels unavailable: {exc}", file=sys.stderr)
+    lib = _library()
+    if lib is None:
         return 1
     isa = gk.isa()
     load_start = list(os.getloadavg())
@@ -292,18 +305,9 @@ def conv_main(argv) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     shapes = [parse_conv_shape(t) for t in args.shapes.split(",")]
-    patterns = args.patterns.split(",")
-    sparsities = [int(v) for v in args.sparsities.split(",")]
-    for p in patterns:
-        if p not in PATTERNS:
-            ap.error(f"unknown pattern {p}; use {', '.join(PATTERNS)}")
-    for s in sparsities:
-        if s not in NM_FOR_SPARSITY:
-            ap.error(f"sparsity {s} is not one of {sorted(NM_FOR_SPARSITY)}")
-    try:
-        lib = gk.library_path()
-    except gk.KernelsUnavailable as exc:
-        print(f"kernels unavailable: {exc}", file=sys.stderr)
+    patterns, sparsities = _patterns_and_sparsities(ap, args)
+    lib = _library()
+    if lib is None:
         return 1
     import onnxruntime as ort
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import shutil
 import subprocess
@@ -27,48 +26,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphprune import kernels as gk
+from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked, reference, sparse_model
 
-FORMATS = [("bsr", (1, 4)), ("bsr", (4, 1)), ("bsr", (4, 4)), ("bsr", (8, 1)),
-           ("csr", (1, 1)), ("nm", (2, 4))]
-FORMAT_IDS = ["bsr1x4", "bsr4x1", "bsr4x4", "bsr8x1", "csr", "nm2:4"]
 ACTS = {"none": 0, "relu": 1, "gelu": 2}
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-_erf = np.vectorize(math.erf)
-
-
-def reference(x, w, bias=None, activation="none"):
-    y = x.astype(np.float64) @ w.astype(np.float64)
-    if bias is not None:
-        y = y + bias.astype(np.float64)
-    if activation == "relu":
-        y = np.maximum(y, 0.0)
-    elif activation == "gelu":
-        y = 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
-    return y
-
-
-def assert_close(y, ref):
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * max(scale, 1e-30))
-
-
-def masked(w, fmt, block, sparsity=0.7):
-    if fmt == "bsr":
-        return gk.mask_blocks(w, sparsity, block)
-    if fmt == "csr":
-        return gk.mask_unstructured(w, sparsity)
-    return gk.mask_nm(w, *block)
-
-
-def sparse_model(w, fmt, block, **kwargs):
-    if fmt == "nm":
-        return gk.make_sparse_matmul_model(w, format="nm", nm=block, **kwargs)
-    return gk.make_sparse_matmul_model(w, format=fmt, block=block, **kwargs)
 
 
 def _tool_output(cmd):

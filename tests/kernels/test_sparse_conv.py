@@ -15,10 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import kernels as gk
+from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked
 
-FORMATS = [("bsr", (1, 4)), ("bsr", (4, 1)), ("bsr", (4, 4)), ("bsr", (8, 1)),
-           ("csr", (1, 1)), ("nm", (2, 4))]
-FORMAT_IDS = ["bsr1x4", "bsr4x1", "bsr4x4", "bsr8x1", "csr", "nm2:4"]
 
 # (C, O, kernel, strides, pads [top, left, bottom, right], dilations, H, W): C and O are not
 # multiples of the blocks, most H, W odd.
@@ -32,31 +30,11 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def library():
-    try:
-        return gk.library_path()
-    except gk.KernelsUnavailable as exc:
-        pytest.skip(f"kernel library unavailable here: {exc}")
-
-
-def assert_close(y, ref):
-    assert y.shape == ref.shape and y.dtype == np.float32
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * max(scale, 1e-30))
-
-
 def masked_conv_weight(rng, o, c, kernel, fmt, block, sparsity=0.7):
     """A random ONNX Conv weight [O, C, *kernel], masked on its matrix [C*kh*kw, O]."""
     cw = rng.standard_normal((o, c, *kernel)).astype(np.float32)
-    wm = gk.conv_weight_matrix(cw)
-    if fmt == "bsr":
-        wm = gk.mask_blocks(wm, sparsity, block)
-    elif fmt == "csr":
-        wm = gk.mask_unstructured(wm, sparsity)
-    else:
-        wm = gk.mask_nm(wm, *block)
-    return gk.conv_weight_from_matrix(wm, kernel)
+    return gk.conv_weight_from_matrix(masked(gk.conv_weight_matrix(cw), fmt, block, sparsity),
+                                      kernel)
 
 
 def fmt_kwargs(fmt, block):

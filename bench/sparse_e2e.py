@@ -29,7 +29,6 @@ Results: bench/results/sparse_e2e.{json,md}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -96,20 +95,13 @@ def latency_ms(path: Path, feeds: dict, custom: bool, args) -> float:
     import onnxruntime as ort
 
     from graphprune import kernels
+    from graphprune.costmodel import median_ms
 
     so = kernels.session_options(args.threads) if custom else ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        sess.run(None, feeds)
-    samples, start = [], time.perf_counter()
-    while len(samples) < args.runs or time.perf_counter() - start < args.min_seconds:
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        samples.append((time.perf_counter() - t) * 1e3)
-    del sess
-    return statistics.median(samples)
+    return median_ms(lambda: sess.run(None, feeds), args.runs, args.min_seconds)
 
 
 def masked_model(path: Path, sparsity: float, pattern: str, dest: Path,

@@ -132,11 +132,13 @@ class CostModel:
         best = {name: float("inf") for name in runs}
         for _ in range(self.rounds):
             for name, fn in runs.items():
-                best[name] = min(best[name], _median_ms(fn, self.min_runs, self.min_seconds))
+                best[name] = min(best[name], median_ms(fn, self.min_runs, self.min_seconds))
         return Timing(dense_ms=best["dense"], sparse_ms=best["sparse"])
 
 
-def _median_ms(fn: Callable[[], object], min_runs: int, min_seconds: float) -> float:
+def median_ms(fn: Callable[[], object], min_runs: int, min_seconds: float) -> float:
+    """Median ms of `fn` after 3 warm-up calls, over at least `min_runs` calls and
+    `min_seconds` in a row (2000 calls at most)."""
     for _ in range(3):  # warm-up: first runs allocate and pre-pack
         fn()
     samples, start = [], time.perf_counter()

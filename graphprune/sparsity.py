@@ -495,7 +495,7 @@ def _time_model(graph: Graph, rewrites: list, feeds: dict, threads: int) -> floa
 
     import onnxruntime as ort
 
-    from .costmodel import _median_ms
+    from .costmodel import median_ms
     from .io import save_graph
     from .kernels import session_options
 
@@ -510,7 +510,7 @@ def _time_model(graph: Graph, rewrites: list, feeds: dict, threads: int) -> floa
         so = session_options(threads)
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        best = min(_median_ms(lambda: sess.run(None, feeds), 5, 0.5) for _ in range(2))
+        best = min(median_ms(lambda: sess.run(None, feeds), 5, 0.5) for _ in range(2))
     return best
 
 

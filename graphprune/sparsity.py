@@ -97,7 +97,7 @@ class Candidate:
         k, n = self.w_kn.shape
         conv = "" if self.conv is None else "|" + ",".join(
             f"{a}={tuple(v)}" for a, v in sorted(self.conv.items()))
-        return (f"{self.op if self.conv is None else 'Conv'}|x={tuple(x_shape)}|k={k}|n={n}"
+        return (f"{self.op}|x={tuple(x_shape)}|k={k}|n={n}"
                 f"|bias={self.bias is not None}|act={self.activation}{conv}")
 
 
@@ -201,13 +201,10 @@ def find_candidates(graph: Graph, exclude: tuple[str, ...] = ()
     """Nodes the sparse ops can run, and for the other MatMul/Gemm/Conv nodes the reason."""
     outputs = set(graph.output_names)
     found, ineligible = [], {}
-    taken: set[int] = set()  # nodes absorbed by an earlier candidate
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
             continue
         name = node.name or node.output[0]
-        if id(node) in taken:
-            continue
         if name in exclude or any(t in exclude for t in list(node.input) + list(node.output)):
             ineligible[name] = "excluded"
             continue
@@ -215,7 +212,6 @@ def find_candidates(graph: Graph, exclude: tuple[str, ...] = ()
         if isinstance(made, str):
             ineligible[name] = made
             continue
-        taken.update(id(n) for n in made.absorbed)
         found.append(made)
     return found, ineligible
 

@@ -307,12 +307,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     _check_interface(interface, shell, loaded_weights, source)
     if sparse is not None:
         _sparsify(graph, report, sparse, clock, say, calib)
-    outcome = PruneResult(graph, plan, report)
-    if reference is not None:
-        say("running the pruned model in ONNX Runtime")
-        report.fidelity = _check_candidate(graph, *reference, source)
-        clock.lap(report, "verify")
-    return outcome
+    return _verified(PruneResult(graph, plan, report), reference, source, clock, say, "pruned")
 
 
 def sparsify(model: ModelLike, sparsity: float = 0.9, pattern: str = DEFAULT_PATTERN, *,
@@ -346,12 +341,18 @@ def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, refe
     report.params_after, report.macs_after = report.params_before, report.macs_before
     _check_interface(interface, graph.to_model(embed_limit=-1), loaded_weights, source)
     _sparsify(graph, report, config, clock, say, calib)
-    outcome = PruneResult(graph, Plan(criterion="", ratio=0.0, round_to=1, groups=[]), report)
+    empty = Plan(criterion="", ratio=0.0, round_to=1, groups=[])
+    return _verified(PruneResult(graph, empty, report), reference, source, clock, say, "sparse")
+
+
+def _verified(result: PruneResult, reference, source: str, clock: "_Clock", say: Progress,
+              what: str) -> PruneResult:
+    """The result, with its fidelity against the input model when there is a reference run."""
     if reference is not None:
-        say("running the sparse model in ONNX Runtime")
-        report.fidelity = _check_candidate(graph, *reference, source)
-        clock.lap(report, "verify")
-    return outcome
+        say(f"running the {what} model in ONNX Runtime")
+        result.report.fidelity = _check_candidate(result.graph, *reference, source)
+        clock.lap(result.report, "verify")
+    return result
 
 
 def sensitivity(model: ModelLike, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5), *,

@@ -53,6 +53,7 @@ using graphprune::cuda::DeviceProblem;
 using graphprune::cuda::DeviceWeight;
 using graphprune::cuda::GpuLayout;
 using graphprune::ort::node_name;
+using graphprune::ort::type_name;
 
 // The attribute reader gives a graphprune::Activation; the device code takes its value.
 static_assert(graphprune::cuda::kActNone == static_cast<int>(graphprune::Activation::kNone) &&
@@ -87,30 +88,12 @@ OrtStatus* cuda_fail(const OrtApi* api, const std::string& node, const char* wha
 
 // --- tensors ------------------------------------------------------------------------------------
 
-struct Tensor {
-  const void* data = nullptr;
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> shape;
-  size_t count = 0;
+struct Tensor : graphprune::ort::TensorView {
   bool on_gpu = false;
 };
 
 OrtStatus* view(const OrtApi* api, const OrtValue* v, Tensor* out) {
-  OrtTensorTypeAndShapeInfo* ti = nullptr;
-  GP_RETURN_IF_ERROR(api->GetTensorTypeAndShape(v, &ti));
-  size_t rank = 0;
-  OrtStatus* st = api->GetTensorElementType(ti, &out->type);
-  if (!st) st = api->GetDimensionsCount(ti, &rank);
-  if (!st) {
-    out->shape.assign(rank, 0);
-    st = api->GetDimensions(ti, out->shape.data(), rank);
-  }
-  if (!st) st = api->GetTensorShapeElementCount(ti, &out->count);
-  api->ReleaseTensorTypeAndShapeInfo(ti);
-  if (st) return st;
-  void* data = nullptr;
-  GP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(v), &data));
-  out->data = data;
+  GP_RETURN_IF_ERROR(graphprune::ort::view_tensor(api, v, out));
   const OrtMemoryInfo* mi = nullptr;
   GP_RETURN_IF_ERROR(api->GetTensorMemoryInfo(v, &mi));
   OrtMemoryInfoDeviceType dt = OrtMemoryInfoDeviceType_CPU;
@@ -125,17 +108,6 @@ size_t element_size(ONNXTensorElementDataType t) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return 4;
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return 8;
     default: return 0;
-  }
-}
-
-const char* type_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
-    default: return "another type";
   }
 }
 

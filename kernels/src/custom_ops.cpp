@@ -43,6 +43,9 @@ using graphprune::ort::int_attr;
 using graphprune::ort::ints_attr;
 using graphprune::ort::node_name;
 using graphprune::ort::string_attr;
+using graphprune::ort::TensorView;
+using graphprune::ort::type_name;
+using graphprune::ort::view_tensor;
 
 constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
@@ -60,45 +63,6 @@ OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& w
   if (!node.empty()) m += " (node '" + node + "')";
   m += ": " + what;
   return api->CreateStatus(ORT_INVALID_ARGUMENT, m.c_str());
-}
-
-// --- tensors --------------------------------------------------------------------------------------
-
-struct TensorView {
-  const void* data = nullptr;
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> shape;
-  size_t count = 0;
-};
-
-OrtStatus* view_tensor(const OrtApi* api, const OrtValue* v, TensorView* out) {
-  OrtTensorTypeAndShapeInfo* ti = nullptr;
-  GP_RETURN_IF_ERROR(api->GetTensorTypeAndShape(v, &ti));
-  size_t rank = 0;
-  OrtStatus* st = api->GetTensorElementType(ti, &out->type);
-  if (!st) st = api->GetDimensionsCount(ti, &rank);
-  if (!st) {
-    out->shape.assign(rank, 0);
-    st = api->GetDimensions(ti, out->shape.data(), rank);
-  }
-  if (!st) st = api->GetTensorShapeElementCount(ti, &out->count);
-  api->ReleaseTensorTypeAndShapeInfo(ti);
-  if (st) return st;
-  void* data = nullptr;
-  GP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(v), &data));
-  out->data = data;
-  return nullptr;
-}
-
-const char* type_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
-    default: return "another type";
-  }
 }
 
 // --- kernel ---------------------------------------------------------------------------------------

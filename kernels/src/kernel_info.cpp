@@ -63,6 +63,38 @@ std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
   return s;
 }
 
+OrtStatus* view_tensor(const OrtApi* api, const OrtValue* v, TensorView* out) {
+  OrtTensorTypeAndShapeInfo* ti = nullptr;
+  OrtStatus* st = api->GetTensorTypeAndShape(v, &ti);
+  if (st) return st;
+  size_t rank = 0;
+  st = api->GetTensorElementType(ti, &out->type);
+  if (!st) st = api->GetDimensionsCount(ti, &rank);
+  if (!st) {
+    out->shape.assign(rank, 0);
+    st = api->GetDimensions(ti, out->shape.data(), rank);
+  }
+  if (!st) st = api->GetTensorShapeElementCount(ti, &out->count);
+  api->ReleaseTensorTypeAndShapeInfo(ti);
+  if (st) return st;
+  void* data = nullptr;
+  st = api->GetTensorMutableData(const_cast<OrtValue*>(v), &data);
+  if (st) return st;
+  out->data = data;
+  return nullptr;
+}
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
+    default: return "another type";
+  }
+}
+
 std::string read_weight_attrs(const OrtApi* api, const OrtKernelInfo* info, FormatSpec* spec,
                               Activation* act) {
   int64_t v = 0;

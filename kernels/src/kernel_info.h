@@ -22,6 +22,17 @@ bool string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
 // The node's name, or "" when the runtime cannot say.
 std::string node_name(const OrtApi* api, const OrtKernelInfo* info);
 
+// A tensor's element type, shape, element count and data pointer.
+struct TensorView {
+  const void* data = nullptr;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  size_t count = 0;
+};
+OrtStatus* view_tensor(const OrtApi* api, const OrtValue* v, TensorView* out);
+// "float", "int64", ...: for error messages.
+const char* type_name(ONNXTensorElementDataType t);
+
 // The weight format (k, n, format, block_rows, block_cols, nm_n, nm_m) and the fused activation
 // of a SparseMatMul / SparseConv node, validated. Returns "" or what is wrong.
 std::string read_weight_attrs(const OrtApi* api, const OrtKernelInfo* info, FormatSpec* spec,

@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 
 from . import rules  # noqa: F401  (registers every rule)
-from .coupling import Constraint, Fixup, Link, ParamSlice, Port, Space, rule_for
+from .coupling import Constraint, Effect, Fixup, Link, ParamSlice, Port, Space, frozen, rule_for
 from .rules.conv import UNIFORM_GROUPED, whole_grouped_conv
 from .ir import Graph
 
@@ -115,7 +115,7 @@ def _analyze(graph: Graph) -> Analysis:
             if rule is None:
                 entry.frozen.append(f"no coupling rule for {node.op_type} (node '{node.name}')")
                 continue
-            effect = rule.couple(node, port, graph)
+            effect = _couple(rule, node, port, graph)
             if effect.frozen:
                 entry.frozen.append(effect.frozen)
                 continue
@@ -126,6 +126,16 @@ def _analyze(graph: Graph) -> Analysis:
             for link in effect.links:
                 _follow(graph, space, link, entry, links, queue)
     return Analysis(_build_groups(info, links))
+
+
+def _couple(rule, node, port: Port, graph: Graph) -> Effect:
+    """A rule that cannot handle a node it was given (shapes it did not foresee) freezes the
+    channels there instead of stopping the whole run: the other groups can still be pruned."""
+    try:
+        return rule.couple(node, port, graph)
+    except Exception as exc:  # noqa: BLE001 - any rule failure has the same safe outcome
+        return frozen(f"the {node.op_type} rule could not follow node '{node.name}' "
+                      f"({type(exc).__name__}: {exc})")
 
 
 def _seeds(graph: Graph) -> list[Space]:

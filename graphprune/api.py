@@ -25,7 +25,7 @@ from .metrics import count_macs, count_params
 from .policy import Plan, PolicyConfig, make_plan
 from .scoring import make_criterion
 from .surgery import apply_plan
-from .verify import Fidelity, compare, session, session_inputs
+from .verify import Fidelity, compare, reference_run, session
 
 # Kept channel counts are rounded for ONNX Runtime's CPU kernels by default: "auto" rounds to
 # the block of its NCHWc conv kernels on this CPU (16 floats with AVX-512F, 8 with AVX2), each
@@ -399,8 +399,7 @@ def _run_reference(model: ModelLike, source: str, seed: int):
             except KernelsUnavailable as missing:
                 raise UsageError(f"{source}: {how_to_load(ops, 'the model')}; the library is "
                                  f"not available here ({_first_line(missing)})") from None
-        feeds = session_inputs(sess, seed)
-        return feeds, sess.run(None, feeds)
+        return reference_run(sess, seed)
     except UsageError:
         raise
     except Exception as err:

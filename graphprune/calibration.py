@@ -209,7 +209,8 @@ def model_inputs(graph: Graph) -> list[InputSpec]:
         if vi.name in graph.weights:
             continue
         t = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                     for d in t.shape.dim)
         specs.append(InputSpec(vi.name, dims, np.dtype(_NP_TYPES.get(t.elem_type, np.float32))))
     return specs
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -16,7 +18,7 @@ from . import __version__
 from .api import DEFAULT_ROUND_TO, analyze_model, prune, sensitivity, write
 from .budget import Budget
 from .sensitivity import Sensitivity
-from .errors import GraphpruneError, UsageError
+from .errors import INTERNAL_ERROR_EXIT, GraphpruneError, UsageError
 from .io import write_text
 from .policy import Plan, parse_round_to
 from .scoring import CRITERIA, DATA_CRITERIA
@@ -57,6 +59,15 @@ def _run(fn):
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
+    except Exception as err:  # a graphprune bug: say so in one line; the traceback on request
+        if os.environ.get("GRAPHPRUNE_DEBUG"):
+            raise
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        click.echo(f"error: internal error ({type(err).__name__}: {str(err)[:200]} at "
+                   f"{Path(where.filename).name}:{where.lineno}); nothing was written and the "
+                   "input is untouched. Please report it with the model if you can; "
+                   "GRAPHPRUNE_DEBUG=1 shows the traceback", err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
 
 
 def _sparse_options(fn):

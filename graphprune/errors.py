@@ -30,3 +30,7 @@ class UnsafeResultError(GraphpruneError):
     """The pruned model failed verification; nothing was written."""
 
     exit_code = 5
+
+
+# Exit code of an unexpected failure inside graphprune (a bug, not a user mistake).
+INTERNAL_ERROR_EXIT = 70

@@ -218,8 +218,15 @@ class Graph:
         if not unknown:
             return []
         found = probed_shapes(self, stand_ins, unknown)
-        return [helper.make_tensor_value_info(name, self.dtypes[name], list(dims))
-                for name, dims in found.items()]
+        hints = []
+        for name, dims in found.items():
+            dtype = self.dtypes.get(name)
+            if dtype is None:  # Reshape/Expand outputs onnx left untyped keep their data's type
+                producer = self.producer(name)
+                dtype = self.dtypes.get(producer.input[0]) if producer is not None else None
+            if dtype is not None:
+                hints.append(helper.make_tensor_value_info(name, dtype, list(dims)))
+        return hints
 
     def _read_shapes(self, inferred: onnx.ModelProto) -> None:
         self.shapes, self.dtypes = {}, {}
@@ -228,7 +235,9 @@ class Graph:
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
                 continue
-            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            # Paddle exports declare dynamic dims as -1: unknown, like an unset dim.
+            dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                         for d in t.shape.dim)
             self.shapes[vi.name] = dims
             self.dtypes[vi.name] = t.elem_type
 
@@ -321,7 +330,7 @@ def _bind_dynamic_dims(model: onnx.ModelProto, stand_ins: tuple) -> None:
     names: dict[str, int] = {}
     for vi in model.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
+            if not dim.HasField("dim_value") or dim.dim_value < 0:
                 key = dim.dim_param or f"?{len(names)}"
                 if key not in names:
                     names[key] = stand_ins[len(names) % len(stand_ins)]

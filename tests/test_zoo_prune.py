@@ -4,6 +4,8 @@ Every model must: pass the full checker, run in ONNX Runtime with the original's
 equal the mask oracle (invariant 2) and lose at least 30 % of its parameters, or be listed in
 LIMITED with the reason it cannot, which the report must confirm.
 """
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -23,7 +25,7 @@ LIMITED = {
 }
 
 
-def _check(key, model_or_path):
+def _check(key, model_or_path, feeds=None):
     result = prune(model_or_path, ratio=0.4)
     model = result.model
     onnx.checker.check_model(model, full_check=True)
@@ -40,7 +42,8 @@ def _check(key, model_or_path):
     apply_plan(graph, analysis, result.plan, mode="mask")
     source = model_or_path if isinstance(model_or_path, onnx.ModelProto) else \
         onnx.load(str(model_or_path))
-    feeds = random_inputs(source, seed=3)
+    if feeds is None:
+        feeds = random_inputs(source, seed=3)
     for want, have in zip(run(graph.to_model(), feeds), run(model, feeds)):
         assert want.shape == have.shape
         scale = max(1.0, float(np.abs(want).max()))
@@ -60,3 +63,17 @@ def test_torchvision_model_prunes(name, exporter):
         pytest.importorskip("torchvision")
         pytest.importorskip("onnxscript")
     _check(f"{name}.{exporter}", zoo.torchvision_model(name, exporter))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.PADDLE_OCR_MODELS))
+def test_paddle_ocr_model_prunes(name):
+    """Trained paddle2onnx exports: Constant-node weights, -1 dims, dynamic image sizes."""
+    try:
+        path = zoo.paddle_ocr_model(name)
+    except RuntimeError as exc:
+        if os.environ.get("GRAPHPRUNE_REQUIRE_ZOO"):
+            raise
+        pytest.skip(str(exc))
+    shape = zoo.PADDLE_OCR_MODELS[name][1]
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    _check(f"paddle:{name}", path, feeds={"x": x})

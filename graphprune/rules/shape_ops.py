@@ -19,7 +19,10 @@ def _dims(graph, tensor):
 @rule("Concat")
 def concat(node, port: Port, graph) -> Effect:
     """Offsets: input k's channels map to the output after the sizes of inputs before it."""
-    rank = graph.rank(node.output[0])
+    ranks = {graph.rank(t) for t in [*node.input, node.output[0]]} - {None}
+    if len(ranks) != 1:
+        return frozen(f"Concat '{node.name}' has inputs of unknown or unequal rank")
+    rank = ranks.pop()
     axis = normalize_axis(int(attr(node, "axis")), rank)
     sizes = [(_dims(graph, t) or [None] * rank)[axis] for t in node.input]
     if None in sizes:

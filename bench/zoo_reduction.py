@@ -30,6 +30,8 @@ def _cases():
     for name in zoo.TORCHVISION_MODELS:
         for exporter in zoo.EXPORTERS:
             yield f"{name} ({exporter})", lambda n=name, e=exporter: zoo.torchvision_model(n, e)
+    for name in zoo.WHEEL_MODELS:  # trained models shipped in PyPI wheels (paddle2onnx, YOLOv8n)
+        yield f"wheel/{name}", lambda name=name: str(zoo.wheel_model(name))
     for name in tz.TRANSFORMER_MODELS:
         for exporter in zoo.EXPORTERS:
             yield f"{name} ({exporter})", lambda n=name, e=exporter: tz.transformer_model(n, e)

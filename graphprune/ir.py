@@ -119,18 +119,12 @@ class Graph:
     def node_by_name(self, name: str) -> onnx.NodeProto | None:
         return next((n for n in self.nodes if n.name == name), None)
 
-    def dynamic_symbols(self) -> dict[int, tuple[str, int]]:
-        """Stand-in value -> (dim name, axis where an input first has it): how to read the
-        stand-ins in `shapes` after infer_shapes(bind_dynamic=True)."""
-        found: dict[str, tuple[int, int]] = {}
-        for vi in self.model.graph.input:
-            for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
-                if not dim.HasField("dim_value"):
-                    key = dim.dim_param or f"?{len(found)}"
-                    if key not in found:
-                        found[key] = (_DYNAMIC_STAND_INS[len(found) % len(_DYNAMIC_STAND_INS)],
-                                      axis)
-        return {value: (name, axis) for name, (value, axis) in found.items()}
+    def dynamic_symbols(self) -> dict[int, tuple[str, int, int]]:
+        """Stand-in prime -> (dim name, axis where an input first has it, scale): how to read
+        the stand-ins in `shapes` after infer_shapes(bind_dynamic=True); the dim stood in as
+        prime x scale (see SPATIAL_STAND_IN_SCALE)."""
+        return {_DYNAMIC_STAND_INS[index % len(_DYNAMIC_STAND_INS)]: (key, axis, scale)
+                for _, key, index, axis, scale in _dynamic_dims(self.model.graph.input)}
 
     # ---------------------------------------------------------------- mutation
     def reindex(self) -> None:
@@ -326,15 +320,33 @@ _DYNAMIC_STAND_INS = (23, 29, 41, 43, 47, 53)
 _PROBE_STAND_INS = (31, 37, 59, 61, 67, 71)
 
 
+# Dynamic height/width of an image input stand in as a multiple of this: detectors and
+# segmenters downsample by up to 32 and upsample again, and a prime size would make their skip
+# connections disagree (YOLOv8's neck Concat then had unknown sizes and froze).
+SPATIAL_STAND_IN_SCALE = 32
+
+
+def _dynamic_dims(inputs):
+    """Yields (dim, symbol, index, axis, scale) for every dynamic dim of the graph inputs
+    (unset, a dim_param, or Paddle's -1). `index` numbers the symbols in order of first
+    appearance; `scale` is SPATIAL_STAND_IN_SCALE where a symbol first appears on a non-batch
+    axis of a rank-4 input, else 1."""
+    seen: dict[str, tuple[int, int, int]] = {}
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
+                continue
+            key = dim.dim_param or f"?{len(seen)}"
+            if key not in seen:
+                scale = SPATIAL_STAND_IN_SCALE if len(dims) == 4 and axis > 0 else 1
+                seen[key] = (len(seen), axis, scale)
+            yield (dim, key, *seen[key])
+
+
 def _bind_dynamic_dims(model: onnx.ModelProto, stand_ins: tuple) -> None:
-    names: dict[str, int] = {}
-    for vi in model.graph.input:
-        for dim in vi.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value") or dim.dim_value < 0:
-                key = dim.dim_param or f"?{len(names)}"
-                if key not in names:
-                    names[key] = stand_ins[len(names) % len(stand_ins)]
-                dim.dim_value = names[key]
+    for dim, _, index, _, scale in list(_dynamic_dims(model.graph.input)):
+        dim.dim_value = stand_ins[index % len(stand_ins)] * scale
 
 
 def _node_inputs(node: onnx.NodeProto) -> Iterable[str]:

@@ -310,8 +310,10 @@ def timing_shapes(graph: Graph, batch: int, dims: dict[str, int]) -> dict[str, t
     dim that is a product of them (a flattened batch x sequence) factors back."""
     if not graph.bound:
         graph.infer_shapes(bind_dynamic=True)
-    values = {prime: dims.get(name, batch if axis == 0 else DEFAULT_SEQUENCE)
-              for prime, (name, axis) in graph.dynamic_symbols().items()}
+    # A dim that stood in as prime x scale (image height/width) maps its prime to value / scale,
+    # so that H/4 = 8 x prime comes back as value / 4.
+    values = {prime: max(1, dims.get(name, batch if axis == 0 else DEFAULT_SEQUENCE) // scale)
+              for prime, (name, axis, scale) in graph.dynamic_symbols().items()}
     out = {}
     for tensor, shape in graph.shapes.items():
         axes = graph.dynamic.get(tensor, frozenset())

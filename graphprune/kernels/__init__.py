@@ -2,7 +2,8 @@
 
 ``SparseMatMul`` runs ``Y = act(X @ W + bias)`` and ``SparseConv`` a group-1 convolution on NCHW
 (1x1 directly, k x k / strided / padded through im2col) with ``W`` stored block-sparse (BSR 1x4,
-4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4). The operators live in a C++ library built from
+4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4). The operators live in a C++ library that ``pip install .``
+builds into the package; an editable install (or one whose build failed) builds it from
 ``kernels/`` on first use::
 
     from graphprune import kernels
@@ -22,9 +23,9 @@ CUDA (opt-in, needs nvcc): :func:`build_cuda` builds ``libgraphprune_kernels_cud
 yet run on a GPU in this project.
 """
 
-from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_headers,
-                     how_to_load, isa, library_path, session, session_options, source_dir,
-                     source_hash)
+from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_cmake,
+                     find_headers, how_to_load, isa, library_path, session, session_options,
+                     shipped_library, source_dir, source_hash)
 from .pack import (ACTIVATIONS, BLOCK_SHAPES, DOMAIN, FORMATS, OPSET_VERSION, SparseWeight,
                    conv_attributes, conv_output_shape, conv_weight_from_matrix, conv_weight_matrix,
                    make_sparse_conv_model, make_sparse_conv_node, make_sparse_matmul_model,
@@ -33,10 +34,11 @@ from .pack import (ACTIVATIONS, BLOCK_SHAPES, DOMAIN, FORMATS, OPSET_VERSION, Sp
 __all__ = [
     "ACTIVATIONS", "BLOCK_SHAPES", "DOMAIN", "FORMATS", "LIBRARY_NAME", "OPSET_VERSION",
     "KernelsUnavailable", "SparseWeight", "build", "cache_root", "conv_attributes",
-    "conv_output_shape", "conv_weight_from_matrix", "conv_weight_matrix", "find_headers", "isa",
-    "library_path", "make_sparse_conv_model", "make_sparse_conv_node", "make_sparse_matmul_model",
-    "make_sparse_matmul_node", "mask_blocks", "mask_nm", "mask_unstructured", "pack", "session",
-    "session_options", "source_dir", "source_hash", "unpack",
+    "conv_output_shape", "conv_weight_from_matrix", "conv_weight_matrix", "find_cmake",
+    "find_headers", "isa", "library_path", "make_sparse_conv_model", "make_sparse_conv_node",
+    "make_sparse_matmul_model", "make_sparse_matmul_node", "mask_blocks", "mask_nm",
+    "mask_unstructured", "pack", "session", "session_options", "shipped_library", "source_dir",
+    "source_hash", "unpack",
 ]
 
 from ._build import (CUDA_LIBRARY_NAME, build_cuda, cuda_library_path, cuda_source_hash,  # noqa: E402

@@ -1,9 +1,11 @@
 """Building and loading libgraphprune_kernels.
 
-The C++ sources live in the repository's ``kernels/`` folder. :func:`build` runs
-``kernels/fetch_headers.sh`` (ONNX Runtime's C API headers), CMake and the compiler into
-``$GRAPHPRUNE_KERNELS_CACHE`` (default ``~/.cache/graphprune/kernels``)``/<hash of the sources>/``;
-:func:`library_path` returns the library, building it on first use.
+The C++ sources live in the repository's ``kernels/`` folder; a non-editable install ships a copy
+of them (``_sources/``) and the library built by ``pip install`` (``setup.py``), next to this
+file. :func:`build` runs ``kernels/fetch_headers.sh`` (ONNX Runtime's C API headers), CMake and
+the compiler into ``$GRAPHPRUNE_KERNELS_CACHE`` (default
+``~/.cache/graphprune/kernels``)``/<hash of the sources>/``; :func:`library_path` returns the
+shipped library, else that one, building it on first use.
 
 Opt-in: :func:`build_cuda` / :func:`cuda_library_path` build ``libgraphprune_kernels_cuda.so``
 (``kernels/cuda/``: SparseMatMul for ONNX Runtime's CUDAExecutionProvider) with ``nvcc`` into
@@ -18,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -32,6 +35,9 @@ _CUDA_SOURCE_GLOBS = ("CMakeLists.txt", "fetch_headers.sh", "cuda/CMakeLists.txt
 # RegisterCustomOps of the CUDA library adds the CPU library's operators (read from this
 # variable) to its "graphprune" domain: ONNX Runtime refuses two domains of one name.
 CPU_LIBRARY_ENV = "GRAPHPRUNE_KERNELS_CPU_LIBRARY"
+# The installed package: the library ``pip install`` built and the sources it copied live here.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGED_SOURCES = "_sources"
 
 
 class KernelsUnavailable(RuntimeError):
@@ -39,14 +45,24 @@ class KernelsUnavailable(RuntimeError):
 
 
 def source_dir() -> Path:
-    """The ``kernels/`` source folder (``$GRAPHPRUNE_KERNELS_SRC`` overrides)."""
+    """The ``kernels/`` source folder: ``$GRAPHPRUNE_KERNELS_SRC``, else the source checkout's
+    (editable install), else the copy a non-editable install ships."""
     env = os.environ.get("GRAPHPRUNE_KERNELS_SRC")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "kernels"
-    if not (path / "CMakeLists.txt").is_file():
-        raise KernelsUnavailable(
-            f"kernel sources not found at {path} (graphprune must be installed from a source "
-            "checkout, e.g. `pip install -e .`, or set GRAPHPRUNE_KERNELS_SRC to the kernels/ folder)")
-    return path
+    if env:
+        path = Path(env)
+        if not (path / "CMakeLists.txt").is_file():
+            raise KernelsUnavailable(f"GRAPHPRUNE_KERNELS_SRC={env} has no CMakeLists.txt")
+        return path
+    checkout = _PACKAGE_DIR.parents[1]
+    packaged = _PACKAGE_DIR / PACKAGED_SOURCES
+    # pyproject.toml tells a checkout from site-packages, which might hold another "kernels".
+    if (checkout / "pyproject.toml").is_file() and (checkout / "kernels" / "CMakeLists.txt").is_file():
+        return checkout / "kernels"
+    if (packaged / "CMakeLists.txt").is_file():
+        return packaged
+    raise KernelsUnavailable(
+        f"kernel sources not found (neither {checkout / 'kernels'} nor {packaged}); reinstall "
+        "graphprune (`pip install .` ships them) or set GRAPHPRUNE_KERNELS_SRC to the kernels/ folder")
 
 
 def cache_root() -> Path:
@@ -129,9 +145,9 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def find_headers() -> str:
+def find_headers(src: Optional[Path] = None) -> str:
     """The ONNX Runtime include directory (runs ``kernels/fetch_headers.sh``)."""
-    src = source_dir()
+    src = src or source_dir()
     if shutil.which("bash") is None:
         raise KernelsUnavailable("bash is needed to locate the ONNX Runtime headers")
     proc = subprocess.run(["bash", str(src / "fetch_headers.sh")], capture_output=True, text=True)
@@ -139,6 +155,12 @@ def find_headers() -> str:
         raise KernelsUnavailable("ONNX Runtime C API headers are unavailable: "
                                  + (_tail(proc.stderr, 10) or f"fetch_headers.sh exited {proc.returncode}"))
     return proc.stdout.strip().splitlines()[-1]
+
+
+def find_cmake() -> Optional[str]:
+    """``cmake`` on PATH, else the one ``pip install cmake`` put next to this Python (a venv that
+    is not activated); None when there is none."""
+    return shutil.which("cmake") or shutil.which("cmake", path=sysconfig.get_path("scripts"))
 
 
 def _compiler() -> Optional[str]:
@@ -153,12 +175,13 @@ def _compiler() -> Optional[str]:
 
 
 def _cmake_build(out_dir: Path, lib_name: str, target: str, built_rel: str, options, force: bool,
-                 verbose: bool) -> Path:
-    """Configures ``kernels/`` with ``options`` and builds ``target`` into ``out_dir/lib_name``
-    (one build at a time per folder; ``built_rel``: where the build tree puts the library)."""
+                 verbose: bool, src: Optional[Path] = None) -> Path:
+    """Configures ``src`` (default :func:`source_dir`) with ``options`` and builds ``target`` into
+    ``out_dir/lib_name`` (one build at a time per folder; ``built_rel``: where the build tree puts
+    the library)."""
     lib = out_dir / lib_name
-    src = source_dir()
-    cmake = shutil.which("cmake")
+    src = src or source_dir()
+    cmake = find_cmake()
     if cmake is None:
         raise KernelsUnavailable("cmake is not installed (pip install cmake, or apt-get install cmake)")
     cxx = _compiler()
@@ -169,7 +192,7 @@ def _cmake_build(out_dir: Path, lib_name: str, target: str, built_rel: str, opti
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; others wait, then reuse it
         if lib.is_file() and not force:
             return lib
-        include = find_headers()
+        include = find_headers(src)
         with tempfile.TemporaryDirectory(prefix="build-", dir=out_dir) as tmp:
             cfg = [cmake, "-S", str(src), "-B", tmp, "-DCMAKE_BUILD_TYPE=Release",
                    f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_CXX_COMPILER={cxx}", *options]
@@ -198,19 +221,43 @@ def _cmake_build(out_dir: Path, lib_name: str, target: str, built_rel: str, opti
     return lib
 
 
+def _cpu_build(out_dir: Path, force: bool, verbose: bool, src: Optional[Path] = None) -> Path:
+    return _cmake_build(out_dir, LIBRARY_NAME, "graphprune_kernels", LIBRARY_NAME,
+                        ["-DGRAPHPRUNE_CUDA=OFF"], force, verbose, src)
+
+
+def build_into(out_dir: Path, src: Optional[Path] = None, verbose: bool = False) -> Path:
+    """Builds the CPU library from ``src`` into ``out_dir`` (a scratch folder: the build also
+    leaves its log and lock there), bypassing the cache; the package build's step (setup.py)."""
+    return _cpu_build(Path(out_dir).resolve(), force=True, verbose=verbose, src=src)
+
+
+def shipped_library() -> Optional[Path]:
+    """The library ``pip install`` built into the package, if any; ignored while
+    ``$GRAPHPRUNE_KERNELS_SRC`` points at other sources."""
+    lib = _PACKAGE_DIR / LIBRARY_NAME
+    if os.environ.get("GRAPHPRUNE_KERNELS_SRC") or not lib.is_file():
+        return None
+    return lib
+
+
 def build(force: bool = False, verbose: bool = False) -> Path:
     """Builds the library (if needed, or always with ``force``) and returns its path.
 
+    Not needed where the package ships one (:func:`shipped_library`); ``force`` rebuilds into the
+    cache all the same, but :func:`library_path` keeps preferring the shipped library.
     Raises :class:`KernelsUnavailable` with the reason when cmake, a C++ compiler or the ONNX
     Runtime headers are missing, or the build fails. CPU only, also where nvcc exists (see
     :func:`build_cuda`).
     """
+    shipped = shipped_library()
+    if shipped is not None and not force:
+        return shipped
     out_dir = _build_dir()
     lib = out_dir / LIBRARY_NAME
     if lib.is_file() and not force:
         return lib
-    return _cmake_build(out_dir, LIBRARY_NAME, "graphprune_kernels", LIBRARY_NAME,
-                        ["-DGRAPHPRUNE_CUDA=OFF"], force, verbose)
+    return _cpu_build(out_dir, force, verbose)
 
 
 def build_cuda(force: bool = False, verbose: bool = False) -> Path:
@@ -239,7 +286,11 @@ def cuda_library_path(build_if_missing: bool = True) -> str:
 
 
 def library_path(build_if_missing: bool = True) -> str:
-    """Path of libgraphprune_kernels.so, built on first use (see :func:`build`)."""
+    """Path of libgraphprune_kernels.so: the one shipped in the package, else the cache's, built
+    on first use (see :func:`build`)."""
+    shipped = shipped_library()
+    if shipped is not None:
+        return str(shipped)
     lib = _build_dir() / LIBRARY_NAME
     if lib.is_file():
         return str(lib)

@@ -417,6 +417,26 @@ def build_flatten_reshape_gemm(seed: int = 0) -> onnx.ModelProto:
                    build_flatten_reshape_gemm.__doc__)
 
 
+def build_crnn(seed: int = 0) -> onnx.ModelProto:
+    """CRNN text recogniser (OCR): convs pool the height to 1, Squeeze + Transpose make the
+    width a sequence [W, batch, C], a bidirectional LSTM reads the channels as its input
+    features (W's last axis loses the pruned ones; the hidden size stays)."""
+    g = _Graph(seed)
+    x = g.cba("input", 3, 16, 3, "cnn.0")                                               # 16x8x32
+    x = g.op("MaxPool", [x], "cnn.pool0", kernel_shape=[2, 2], strides=[2, 2])          # 16x4x16
+    x = g.cba(x, 16, 24, 3, "cnn.1")
+    x = g.op("MaxPool", [x], "cnn.pool1", kernel_shape=[4, 2], strides=[4, 2])          # 24x1x8
+    x = g.op("Squeeze", [x, g.ints("cnn.squeeze.axes", [2])], "cnn.squeeze")            # 1x24x8
+    x = g.op("Transpose", [x], "cnn.to_sequence", perm=[2, 0, 1])                       # 8x1x24
+    hidden = 8
+    w = g.init("rnn.W", g.he((2, 4 * hidden, 24), 24, 1.0))
+    r = g.init("rnn.R", g.he((2, 4 * hidden, hidden), hidden, 1.0))
+    b = g.init("rnn.B", g.small(8 * hidden).reshape(1, -1).repeat(2, axis=0))
+    g.op("LSTM", [x, w, r, b], "rnn", out="output", hidden_size=hidden,
+         direction="bidirectional")                                                     # 8x2x1x8
+    return g.build("crnn", [1, 3, 8, 32], ["output"], build_crnn.__doc__)
+
+
 def build_norms_misc(seed: int = 0) -> onnx.ModelProto:
     """Grab bag (opset 21): GroupNormalization (channels pruned per group), Instance-
     Normalization, PRelu slope [C,1,1], LeakyRelu, Erf-GELU, spatial Pad, ConvTranspose
@@ -509,4 +529,5 @@ BLOCKS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "flatten_gemm": build_flatten_gemm,
     "flatten_reshape_gemm": build_flatten_reshape_gemm,
     "norms_misc": build_norms_misc,
+    "crnn": build_crnn,
 }

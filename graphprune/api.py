@@ -237,7 +237,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     report.frozen = [(g.key, g.frozen) for g in analysis.frozen]
     if not analysis.prunable and plan is None:
         raise NothingToPruneError(f"{source}: no channel group can be pruned safely; the model "
-                                  f"is left as it is ({_top_reason(analysis)})")
+                                  f"is left as it is ({_top_reason(analysis, graph)})")
     clock.lap(report, "analyze")
 
     say("planning")
@@ -369,7 +369,7 @@ def sensitivity(model: ModelLike, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.
     analysis = analyze(graph)
     if not analysis.prunable:
         raise NothingToPruneError(f"{model}: no channel group can be pruned safely "
-                                  f"({_top_reason(analysis)})")
+                                  f"({_top_reason(analysis, graph)})")
     feeds = random_inputs(interface, seed)
     return measure(graph, analysis, make_criterion(criterion, seed), list(ratios), feeds,
                    round_to, progress)
@@ -447,7 +447,30 @@ def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, weights
                                 f"nothing was written")
 
 
-def _top_reason(analysis: Analysis) -> str:
+# Operators of quantized models (ONNX's QOperator form, ONNX Runtime's contrib ops).
+_QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+                  "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat", "QAttention"}
+
+
+def _quantized_reason(graph: Graph) -> str | None:
+    """Why a quantized model has nothing to prune: its weights are integers, not float."""
+    ops = sorted({n.op_type for n in graph.nodes if n.op_type in _QUANTIZED_OPS})
+    if not ops:
+        dequantized = [n for n in graph.nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm",
+                                                               "MatMul") and len(n.input) > 1
+                       and getattr(graph.producer(n.input[1]), "op_type", "") == "DequantizeLinear"]
+        if not dequantized:
+            return None
+        ops = [f"DequantizeLinear before the weights of {len(dequantized)} "
+               f"{dequantized[0].op_type} node(s), e.g. '{dequantized[0].name}'"]
+    return (f"its weights are quantized ({', '.join(ops)}); graphprune prunes float or fp16 "
+            "weights: prune the float model, then quantize the result")
+
+
+def _top_reason(analysis: Analysis, graph: Graph | None = None) -> str:
+    quantized = _quantized_reason(graph) if graph is not None else None
+    if quantized and not analysis.prunable:
+        return quantized
     if not analysis.groups:
         return "it has no Conv, Gemm or MatMul with constant weights"
     reasons: dict[str, int] = {}

@@ -35,6 +35,11 @@ def _options(threads: int) -> ort.SessionOptions:
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    try:  # models with graphprune's sparse operators (--sparsity) need the library
+        from graphprune import kernels
+        opts.register_custom_ops_library(kernels.library_path(build_if_missing=False))
+    except Exception:  # noqa: BLE001 - dense models run without it
+        pass
     return opts
 
 
@@ -62,6 +67,10 @@ def node_kinds(path: str, threads: int, tmp: str) -> dict[str, str]:
                      else "1x1" if w[2:] == [1, 1] else "kxk")
             layout = layout or "NCHW "
             kind = f"Conv {shape}"
+        if node.domain == "graphprune":
+            kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+            kind = f"graphprune {node.op_type}" + (
+                " 1x1" if kernel and set(kernel) == {1} else " kxk" if kernel else "")
         kinds[node.name] = layout + kind
     return kinds
 

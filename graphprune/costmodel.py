@@ -156,9 +156,11 @@ def median_ms(fn: Callable[[], object], min_runs: int, min_seconds: float) -> fl
 
 
 def dense_node_model(op: str, x_shape: tuple, weight: np.ndarray, bias: np.ndarray | None,
-                     activation: str, conv_attrs: dict | None = None) -> onnx.ModelProto:
-    """The dense reference: MatMul (+ Add) or Conv, then the activation, as ORT would run it
-    inside the model (ORT fuses the bias and activation itself)."""
+                     activation: str, conv_attrs: dict | None = None,
+                     residual: bool = False) -> onnx.ModelProto:
+    """The dense reference: MatMul (+ Add) or Conv, (+ Add of input R, a shortcut), then the
+    activation, as ORT would run it inside the model (ORT fuses bias, shortcut and activation
+    into its conv itself)."""
     inits = [numpy_helper.from_array(weight.astype(np.float32), "W")]
     nodes = []
     if op == "Conv":
@@ -172,28 +174,36 @@ def dense_node_model(op: str, x_shape: tuple, weight: np.ndarray, bias: np.ndarr
         if bias is not None:
             inits.append(numpy_helper.from_array(bias.astype(np.float32), "B"))
             nodes.append(helper.make_node("Add", ["Z0", "B"], ["Z"]))
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+    if residual:
+        nodes[-1].output[0] = "Z1"
+        nodes.append(helper.make_node("Add", ["Z1", "R"], ["Z"]))
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, None))
     if activation == "relu":
         nodes.append(helper.make_node("Relu", ["Z"], ["Y"]))
     elif activation == "gelu":
         nodes.append(helper.make_node("Gelu", ["Z"], ["Y"]))
     else:
         nodes[-1].output[0] = "Y"
-    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info(
-        "X", TensorProto.FLOAT, list(x_shape))], [helper.make_tensor_value_info(
-            "Y", TensorProto.FLOAT, None)], initializer=inits)
+    graph = helper.make_graph(nodes, "dense", inputs, [helper.make_tensor_value_info(
+        "Y", TensorProto.FLOAT, None)], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
 def sparse_node_model(node: onnx.NodeProto, inits: list[onnx.TensorProto],
                       x_shape: tuple) -> onnx.ModelProto:
-    """A one-node model around a graphprune sparse node (its input renamed X, output Y)."""
+    """A one-node model around a graphprune sparse node (its input renamed X, its shortcut
+    input, if any, R, its output Y)."""
     from .kernels import DOMAIN, OPSET_VERSION
 
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
     copy.input[0], copy.output[0] = "X", "Y"
-    graph = helper.make_graph([copy], "sparse", [helper.make_tensor_value_info(
-        "X", TensorProto.FLOAT, list(x_shape))], [helper.make_tensor_value_info(
-            "Y", TensorProto.FLOAT, None)], initializer=inits)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+    if len(copy.input) > 5 and copy.input[5]:
+        copy.input[5] = "R"
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, None))
+    graph = helper.make_graph([copy], "sparse", inputs, [helper.make_tensor_value_info(
+        "Y", TensorProto.FLOAT, None)], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])

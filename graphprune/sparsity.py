@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import UsageError
 from .ir import Graph
@@ -92,13 +92,14 @@ class Candidate:
     absorbed: list[onnx.NodeProto]  # bias Add / activation nodes folded in
     output: str  # what the rewritten node writes
     conv: dict | None = None  # Conv: kernel_shape, strides, pads, dilations
+    residual: str | None = None  # Conv -> Add(this) -> act: the shortcut added in the kernel
 
     def signature(self, x_shape: tuple) -> str:
         k, n = self.w_kn.shape
         conv = "" if self.conv is None else "|" + ",".join(
             f"{a}={tuple(v)}" for a, v in sorted(self.conv.items()))
-        return (f"{self.op}|x={tuple(x_shape)}|k={k}|n={n}"
-                f"|bias={self.bias is not None}|act={self.activation}{conv}")
+        return (f"{self.op}|x={tuple(x_shape)}|k={k}|n={n}|bias={self.bias is not None}"
+                f"|res={self.residual is not None}|act={self.activation}{conv}")
 
 
 @dataclass
@@ -201,6 +202,7 @@ def find_candidates(graph: Graph, exclude: tuple[str, ...] = ()
     """Nodes the sparse ops can run, and for the other MatMul/Gemm/Conv nodes the reason."""
     outputs = set(graph.output_names)
     found, ineligible = [], {}
+    taken: set[int] = set()  # nodes already absorbed: Add(conv_a, conv_b) fuses into one of them
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
             continue
@@ -208,15 +210,17 @@ def find_candidates(graph: Graph, exclude: tuple[str, ...] = ()
         if name in exclude or any(t in exclude for t in list(node.input) + list(node.output)):
             ineligible[name] = "excluded"
             continue
-        made = _candidate(graph, node, outputs)
+        made = _candidate(graph, node, outputs, taken)
         if isinstance(made, str):
             ineligible[name] = made
             continue
+        taken.update(id(n) for n in made.absorbed)
         found.append(made)
     return found, ineligible
 
 
-def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candidate | str:
+def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str],
+               taken: set[int] = frozenset()) -> Candidate | str:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     w = graph.const(node.input[1]) if len(node.input) > 1 else None
     if w is None or node.input[0] in graph.weights:
@@ -270,6 +274,11 @@ def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candida
             absorbed.append(nxt)
             out = nxt.output[0]
             nxt = _sole_consumer(graph, out, outputs)
+    residual = _residual(graph, node, nxt, out) if id(nxt) not in taken else None
+    if residual is not None:
+        absorbed.append(nxt)
+        out = nxt.output[0]
+        nxt = _sole_consumer(graph, out, outputs)
     activation = "none"
     if nxt is not None and _activation(nxt):
         activation = _activation(nxt)
@@ -278,7 +287,25 @@ def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> Candida
     return Candidate(node=node, op=node.op_type, x=node.input[0], weight=node.input[1],
                      w_kn=np.ascontiguousarray(w_kn, dtype=np.float32),
                      bias=None if bias is None else np.asarray(bias, np.float32).reshape(-1),
-                     activation=activation, absorbed=absorbed, output=out, conv=conv)
+                     activation=activation, absorbed=absorbed, output=out, conv=conv,
+                     residual=residual)
+
+
+def _residual(graph: Graph, node: onnx.NodeProto, nxt: onnx.NodeProto | None,
+              out: str) -> str | None:
+    """The shortcut of Conv -> Add(shortcut): another activation of exactly the conv output's
+    shape (a ResNet block's end), which the sparse conv adds in its epilogue instead of a
+    separate Add over the whole tensor. MatMul keeps its Add: ONNX Runtime fuses Add +
+    LayerNormalization after it (SkipLayerNormalization)."""
+    if node.op_type != "Conv" or nxt is None or nxt.op_type != "Add" or nxt.domain:
+        return None
+    other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+    shape = graph.shape(out)
+    if other == out or graph.const(other) is not None or shape is None or None in shape:
+        return None
+    if graph.shape(other) != shape or graph.dtypes.get(other) != TensorProto.FLOAT:
+        return None
+    return other
 
 
 def _sole_consumer(graph: Graph, tensor: str, outputs: set[str]) -> onnx.NodeProto | None:
@@ -523,11 +550,12 @@ def _sparse_node(graph: Graph, cand: Candidate, masked: np.ndarray, pattern: Pat
         weight = masked.T.reshape((o,) + graph.weights[cand.weight].shape[1:])
         return make_sparse_conv_node(weight, cand.x, cand.output, name=base, prefix=base,
                                      format=pattern.format, block=pattern.block, nm=pattern.nm,
-                                     bias=cand.bias, activation=cand.activation, **cand.conv)
+                                     bias=cand.bias, activation=cand.activation,
+                                     residual=cand.residual, **cand.conv)
     sw = pack(masked, format=pattern.format, block=pattern.block, nm=pattern.nm)
     return make_sparse_matmul_node(sw, cand.x, cand.output, name=base, prefix=base,
                                    bias=cand.bias, activation=cand.activation,
-                                   conv=cand.conv is not None)
+                                   conv=cand.conv is not None, residual=cand.residual)
 
 
 def _is_pointwise(conv: dict) -> bool:
@@ -539,15 +567,24 @@ def _time(cost, cand: Candidate, masked: np.ndarray, node, inits, x_shape, patte
           sparsity: float):
     from .costmodel import dense_node_model, sparse_node_model
 
+    from .kernels import conv_output_shape
+
+    rng = np.random.default_rng(0)
     if cand.conv is None:  # leading dims are rows: time X as [M, K]
         rows = int(np.prod(x_shape[:-1]))
         x_shape = (rows, x_shape[-1])
-        dense = dense_node_model("MatMul", x_shape, cand.w_kn, cand.bias, cand.activation)
+        y_shape = (rows, cand.w_kn.shape[1])
+        dense = dense_node_model("MatMul", x_shape, cand.w_kn, cand.bias, cand.activation,
+                                 residual=cand.residual is not None)
     else:
         w = cand.w_kn.T.reshape((cand.w_kn.shape[1], x_shape[1]) + tuple(cand.conv["kernel_shape"]))
-        dense = dense_node_model("Conv", x_shape, w, cand.bias, cand.activation, cand.conv)
+        y_shape = tuple(conv_output_shape(x_shape, cand.w_kn.shape[1], cand.conv))
+        dense = dense_node_model("Conv", x_shape, w, cand.bias, cand.activation, cand.conv,
+                                 residual=cand.residual is not None)
     sparse = sparse_node_model(node, inits, x_shape)
-    feeds = {"X": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    feeds = {"X": rng.standard_normal(x_shape).astype(np.float32)}
+    if cand.residual is not None:
+        feeds["R"] = rng.standard_normal(y_shape).astype(np.float32)
     key = f"{cand.signature(x_shape)}|{pattern.text}|s={sparsity:.3f}"
     return cost.measure(key, dense, sparse, feeds)
 
@@ -567,9 +604,12 @@ def _rewrite(graph: Graph, rewrites) -> None:
 
     if not rewrites:
         return
-    replace = {id(c.node): node for c, node, _ in rewrites}
-    drop = {id(n) for c, _, _ in rewrites for n in c.absorbed}
-    graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in drop]
+    # The sparse node takes the place of the last node it absorbs: a fused shortcut may be
+    # computed after the conv it joins (a ResNet downsample branch), never after that Add.
+    anchor = {id(c.absorbed[-1] if c.absorbed else c.node): node for c, node, _ in rewrites}
+    drop = {id(n) for c, _, _ in rewrites for n in [c.node, *c.absorbed]}
+    graph.nodes = [anchor[id(n)] if id(n) in anchor else n for n in graph.nodes
+                   if id(n) in anchor or id(n) not in drop]
     for _, _, inits in rewrites:
         for t in inits:
             graph.weights[t.name] = numpy_helper.to_array(t)

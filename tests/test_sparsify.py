@@ -126,6 +126,23 @@ def test_sparse_cnn_equals_masked_dense(name, pattern):
     _sparsify_and_compare(BLOCKS[name](0), config)
 
 
+def test_resnet_shortcut_add_is_fused_into_the_sparse_conv():
+    """Conv -> Add(shortcut) -> Relu ends every bottleneck: the Add runs in the sparse conv's
+    epilogue (one pass over the output instead of three), placed after both producers."""
+    model = BLOCKS["resnet_bottleneck"](0)
+    adds = sum(n.op_type == "Add" for n in model.graph.node)
+    result = graphprune.prune(model, ratio=0.0, sparse=SparsifyConfig(
+        sparsity=0.9, pattern="4x1", measure=False))
+    fused = [n for n in result.model.graph.node if n.domain == "graphprune"
+             and len(n.input) > 5 and n.input[5]]
+    assert fused, "no shortcut was fused"
+    assert sum(n.op_type == "Add" for n in result.model.graph.node) == adds - len(fused)
+    assert all(n.attribute and any(a.name == "activation" and a.s == b"relu" for a in n.attribute)
+               for n in fused)
+    onnx.checker.check_model(result.model, full_check=True)  # topological order included
+    _sparsify_and_compare(model, SparsifyConfig(sparsity=0.9, pattern="4x1", measure=False))
+
+
 @pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
 def test_sparse_attention_block_equals_masked_dense(name):
     config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)

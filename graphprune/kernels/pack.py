@@ -243,8 +243,9 @@ def mask_nm(w: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
 
 def _sparse_node(op_type: str, sw: SparseWeight, input_name: str, output_name: str, *,
                  name: Optional[str], bias, activation: str, prefix: Optional[str],
-                 extra_attrs: Optional[dict] = None):
-    """The node ``op_type`` (SparseMatMul or SparseConv) on ``sw`` and its initializers."""
+                 extra_attrs: Optional[dict] = None, residual: Optional[str] = None):
+    """The node ``op_type`` (SparseMatMul or SparseConv) on ``sw`` and its initializers;
+    ``residual``: a tensor shaped like the output, added before the activation."""
     from onnx import helper, numpy_helper
 
     if activation not in ACTIVATIONS:
@@ -264,6 +265,9 @@ def _sparse_node(op_type: str, sw: SparseWeight, input_name: str, output_name: s
             raise ValueError(f"bias has {b.size} elements, W has n={sw.n} columns")
         inits.append(numpy_helper.from_array(b, f"{base}.bias"))
         inputs.append(f"{base}.bias")
+    else:
+        inputs.append("")
+    inputs.append(residual or "")
     while inputs and inputs[-1] == "":
         inputs.pop()
     attrs = sw.attributes()
@@ -285,9 +289,11 @@ def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optio
                             format: str = "bsr", block: Sequence[int] = (4, 1),
                             nm: Sequence[int] = (2, 4), bias: Optional[np.ndarray] = None,
                             activation: str = "none", conv: bool = False,
-                            index_dtype=np.int32, prefix: Optional[str] = None):
+                            index_dtype=np.int32, prefix: Optional[str] = None,
+                            residual: Optional[str] = None):
     """The ``graphprune.SparseMatMul`` (or, with ``conv``, a 1x1 ``SparseConv``) node computing
-    ``act(input @ W + bias)`` and its initializers.
+    ``act(input @ W + bias + residual)`` and its initializers (``residual``: the name of a
+    tensor shaped like the output, or None).
 
     ``w`` is a dense ``[K, N]`` array (packed with ``format``/``block``/``nm``; mask it first) or
     a :class:`SparseWeight`. Returns ``(node, initializers)``; the model needs the opset import
@@ -298,7 +304,8 @@ def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optio
         raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     sw = _as_sparse(w, format, block, nm, index_dtype)
     return _sparse_node("SparseConv" if conv else "SparseMatMul", sw, input_name, output_name,
-                        name=name, bias=bias, activation=activation, prefix=prefix)
+                        name=name, bias=bias, activation=activation, prefix=prefix,
+                        residual=residual)
 
 
 def make_sparse_matmul_model(w, *, rows=None, name: str = "sparse_matmul", **kwargs):
@@ -377,9 +384,10 @@ def make_sparse_conv_node(conv_weight, input_name: str, output_name: str, *,
                           bias: Optional[np.ndarray] = None, activation: str = "none",
                           kernel_shape: Optional[Sequence[int]] = None, strides=None, pads=None,
                           dilations=None, group: int = 1, index_dtype=np.int32,
-                          prefix: Optional[str] = None):
-    """The ``graphprune.SparseConv`` node computing ``act(Conv(input, conv_weight) + bias)`` on
-    NCHW and its initializers (group 1).
+                          prefix: Optional[str] = None, residual: Optional[str] = None):
+    """The ``graphprune.SparseConv`` node computing ``act(Conv(input, conv_weight) + bias +
+    residual)`` on NCHW and its initializers (group 1; ``residual``: the name of a tensor shaped
+    like the output, e.g. a ResNet block's shortcut, or None).
 
     ``conv_weight`` is the ONNX Conv weight ``[O, C, kh, kw]`` (``[O, C, k]`` for 1-D; already
     masked: it is packed as ``W = conv_weight.reshape(O, -1).T`` with ``format``/``block``/``nm``,
@@ -407,7 +415,8 @@ def make_sparse_conv_node(conv_weight, input_name: str, output_name: str, *,
     if sw.k % taps:
         raise ValueError(f"W has k={sw.k} rows, not C*kh*kw for kernel_shape {attrs['kernel_shape']}")
     return _sparse_node("SparseConv", sw, input_name, output_name, name=name, bias=bias,
-                        activation=activation, prefix=prefix, extra_attrs=attrs)
+                        activation=activation, prefix=prefix, extra_attrs=attrs,
+                        residual=residual)
 
 
 def conv_output_shape(input_shape: Sequence, out_channels: int, attrs: dict) -> list:

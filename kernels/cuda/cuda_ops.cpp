@@ -65,7 +65,11 @@ constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
 constexpr const char* kProvider = "CUDAExecutionProvider";
 
-enum Input : size_t { kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kNumInputs = 5 };
+// The inputs of the CPU SparseMatMul (ONNX Runtime requires one signature per op name across
+// execution providers); the residual input is accepted in the schema but not run here.
+enum Input : size_t {
+  kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
+};
 
 #define GP_RETURN_IF_ERROR(expr)    \
   do {                              \
@@ -220,10 +224,12 @@ struct Kernel {
   OrtStatus* compute(OrtKernelContext* ctx) {
     size_t n_inputs = 0;
     GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
-    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     for (size_t i = 0; i < kNumInputs && i < n_inputs; ++i)
       GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, i, &in[i]));
     if (!in[kX]) return fail(api, name, "input X is missing");
+    if (in[kResidual])
+      return fail(api, name, "the CUDA SparseMatMul has no residual input (add it after the op)");
 
     Tensor x;
     GP_RETURN_IF_ERROR(view(api, in[kX], &x));
@@ -335,7 +341,8 @@ ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
-  return (i == kRowPtr || i == kBias) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return (i == kRowPtr || i == kBias || i == kResidual) ? INPUT_OUTPUT_OPTIONAL
+                                                        : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;

@@ -1,8 +1,9 @@
 // ONNX Runtime custom operators of the "graphprune" domain, written against the C API only
 // (ORT_API_VERSION 21; no link against libonnxruntime: the runtime hands us its OrtApiBase).
 //
-//   SparseMatMul(X[..., K], values, indices, row_ptr?, bias?) -> Y[..., N]
-//   SparseConv  (X[B, C, H, W], values, indices, row_ptr?, bias?) -> Y[B, N, Ho, Wo]
+//   SparseMatMul(X[..., K], values, indices, row_ptr?, bias?, residual?) -> Y[..., N]
+//   SparseConv  (X[B, C, H, W], values, indices, row_ptr?, bias?, residual?) -> Y[B, N, Ho, Wo]
+//                (residual: shaped like Y, added before the activation: Conv -> Add -> Relu)
 //                (a convolution, group 1, with W = conv_weight.reshape(N, -1)^T, K = C*kh*kw
 //                ordered (c, i, j); 1x1 / stride 1 / no pads: X[B, K, spatial...] of any rank)
 // Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
@@ -50,7 +51,9 @@ using graphprune::ort::view_tensor;
 constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
 
-enum Input : size_t { kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kNumInputs = 5 };
+enum Input : size_t {
+  kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
+};
 
 #define GP_RETURN_IF_ERROR(expr)      \
   do {                                \
@@ -238,7 +241,7 @@ struct Kernel {
   OrtStatus* compute(OrtKernelContext* ctx) {
     size_t n_inputs = 0;
     GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
-    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     for (size_t i = 0; i < kNumInputs && i < n_inputs; ++i)
       GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, i, &in[i]));
     if (!in[kX]) return fail(api, name, "input X is missing");
@@ -292,6 +295,14 @@ struct Kernel {
     void* ydata = nullptr;
     GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
     p.y = static_cast<float*>(ydata);
+    if (in[kResidual]) {
+      TensorView z;
+      GP_RETURN_IF_ERROR(view_tensor(api, in[kResidual], &z));
+      if (z.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || z.shape != yshape)
+        return fail(api, name, "residual must be float and shaped like Y " + join(yshape) +
+                                   ", got " + join(z.shape));
+      p.residual = static_cast<const float*>(z.data);
+    }
 
     OrtParallel par(api, ctx);
     std::unique_lock<std::mutex> lock(scratch_mu, std::try_to_lock);
@@ -343,7 +354,8 @@ ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
-  return (i == kRowPtr || i == kBias) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return (i == kRowPtr || i == kBias || i == kResidual) ? INPUT_OUTPUT_OPTIONAL
+                                                        : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;

@@ -125,6 +125,8 @@ struct Problem {
   int64_t P = 0;        // spatial size (kChannels), output spatial size (kConv)
   ConvGeometry conv;    // kConv
   const float* bias = nullptr;  // [N] or null
+  // Added before the activation (a residual connection), laid out like y; or null.
+  const float* residual = nullptr;
   Activation act = Activation::kNone;
 };
 

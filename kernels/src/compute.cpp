@@ -34,6 +34,8 @@ constexpr int64_t kMinWaveChunks = 2;
 // has fewer than this many chunks.
 constexpr int64_t kMinPackTasks = 8;
 constexpr int64_t kMinSliceRows = 64;  // K rows per pack slice, at least
+// From this many chunks on, a task packs and multiplies whole chunks (see sparse_matmul).
+constexpr int64_t kChunkTaskMin = 8;
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).
@@ -80,8 +82,14 @@ struct RowJob {
   const int64_t* range_start = nullptr;
 };
 
-// Scratch of the calling thread (ORT's pool threads live as long as the session's pool).
+// Scratch of the calling thread (ORT's pool threads live as long as the session's pool):
+// per-task column accumulators (several K panels) and, in chunk tasks, the packed X chunk.
 float* task_buffer(size_t n) {
+  thread_local AlignedVector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+float* chunk_buffer(size_t n) {
   thread_local AlignedVector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
@@ -146,16 +154,17 @@ struct Isa {
   void (*pack)(void*, size_t);
   void (*compute)(void*, size_t);
   void (*row)(void*, size_t);
+  void (*chunk)(void*, size_t);
 };
 
 const Isa kGeneric = {"generic", 4, 0, 2, isa_generic::xt_pack_task, isa_generic::xt_compute_task,
-                      isa_generic::row_task};
+                      isa_generic::row_task, isa_generic::chunk_task};
 #ifdef GP_HAVE_X86_DISPATCH
 const Isa kAvx2 = {"avx2", 8, 4, 2, isa_avx2::xt_pack_task, isa_avx2::xt_compute_task,
-                   isa_avx2::row_task};
+                   isa_avx2::row_task, isa_avx2::chunk_task};
 #ifdef GP_ENABLE_AVX512
 const Isa kAvx512 = {"avx512", 16, 8, 4, isa_avx512::xt_pack_task, isa_avx512::xt_compute_task,
-                     isa_avx512::row_task};
+                     isa_avx512::row_task, isa_avx512::chunk_task};
 #endif
 #endif
 
@@ -276,6 +285,22 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     job.nchunks = p.batch * job.chunks_per_image;
   }
   job.panels = w.npanels > 1 && Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
+
+  // Many chunks: one task per chunk packs it into its thread's buffer and runs every column
+  // on it while it is in cache. Packing every chunk first wrote a copy of X (the size of X for
+  // MatMul and 1x1 convs, kh*kw times it for im2col) and read it back from memory: at batch
+  // 16 a ResNet-50 activation is 51 MB.
+  if (job.nchunks >= kChunkTaskMin) {
+    int64_t nranges = 1;
+    if (job.panels)  // keep each range's accumulators (range columns x mb) small
+      nranges = (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes;
+    nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
+    balanced_ranges(w, nranges, &ranges);
+    job.range_start = ranges.data();
+    job.nranges = nranges;
+    run_tasks(par, static_cast<size_t>(job.nchunks), isa.chunk, &job);
+    return;
+  }
 
   // Waves of chunks: all of them at once for MatMul and 1x1 Conv (X is at most copied); for
   // im2col, as many as fit in kWaveBytes (equal waves).

@@ -44,12 +44,22 @@ def cache_path() -> Path:
 
 
 def machine_key(threads: int) -> str:
-    """What, besides the node, changes a timing: CPU, kernel ISA, runtime, threads."""
+    """What, besides the node, changes a timing: CPU, kernel ISA and build, runtime, threads."""
     import onnxruntime as ort
 
     from .kernels import isa
 
-    return f"{_cpu_name()}|{isa()}|ort{ort.__version__}|t{threads}|v{CACHE_VERSION}"
+    return (f"{_cpu_name()}|{isa()}|lib{_library_id()}|ort{ort.__version__}|t{threads}"
+            f"|v{CACHE_VERSION}")
+
+
+def _library_id() -> str:
+    """A digest of the kernel library in use: timings of an older build do not carry over."""
+    import hashlib
+
+    from .kernels import library_path
+
+    return hashlib.sha256(Path(library_path()).read_bytes()).hexdigest()[:12]
 
 
 def _cpu_name() -> str:

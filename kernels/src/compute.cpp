@@ -36,6 +36,8 @@ constexpr int64_t kMinPackTasks = 8;
 constexpr int64_t kMinSliceRows = 64;  // K rows per pack slice, at least
 // From this many chunks on, a task packs and multiplies whole chunks (see sparse_matmul).
 constexpr int64_t kChunkTaskMin = 8;
+// 4x1 / 8x1 MatMul: interleaved one-vector chunks up to this size (see sparse_matmul).
+constexpr int64_t kInterleaveChunkBytes = 64 * 1024;
 
 // Very small M: the row path (vectorised along the blocks) beats the M-vectorised path for
 // blocks that are long along K (measured on Zen 4, 768x3072 at 90 % sparsity).
@@ -57,6 +59,7 @@ struct XTJob {
   const int64_t* range_start = nullptr;
   int64_t nranges = 1;
   bool panels = false;  // K panel by K panel (w->npanels > 1)
+  bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {
@@ -270,6 +273,14 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   int64_t nv = (rows + vl - 1) / vl;
   nv = nv >= 3 ? 4 : nv;
   if (w.bc == 4) nv = std::min<int64_t>(nv, isa.nv_max_bc4);
+  // Column blocks (4x1, 8x1) of MatMul: chunks of one vector of rows, interleaved (one weight
+  // load per block), where such a chunk stays near L1. With a larger K the weights, streamed
+  // once per chunk, cost more than that saves (measured on Zen 5: 768x768 at M = 128, 90 %:
+  // x2.2-2.7 -> x3.0-3.7; 3072x768: x3.5 -> x3.0, so not there).
+  const bool interleave = p.layout == Layout::kRows && w.bc == 1 && (w.br == 4 || w.br == 8) &&
+                          w.br <= vl &&
+                          w.Kp * vl * static_cast<int64_t>(sizeof(float)) <= kInterleaveChunkBytes;
+  if (interleave) nv = 1;
   const int64_t mb = nv * vl;
 
   XTJob job;
@@ -278,6 +289,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   job.vl = vl;
   job.nv = static_cast<int>(nv);
   job.mb = mb;
+  job.interleave = interleave;
   if (p.layout == Layout::kRows) {
     job.nchunks = (p.M + mb - 1) / mb;
   } else {

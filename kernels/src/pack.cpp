@@ -190,6 +190,9 @@ std::string pack_weight(const FormatSpec& s, const float* values, size_t n_value
   }
   pad_columns(&w);
   build_panels(&w);
+  // Zeros past the last block: the 4x1 / 8x1 kernel reads a whole vector from a block's
+  // weights and uses its first br lanes (one load, no partial-vector store and reload).
+  w.vals.resize(w.vals.size() + kValsTailPad, 0.0f);
   return "";
 }
 

@@ -54,6 +54,8 @@ template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
 constexpr int64_t kPanelRows = 512;
+// Floats of zeros after PackedWeight::vals (a vector read from the last block stays inside).
+constexpr size_t kValsTailPad = 16;
 
 struct PackedWeight {
   int64_t K = 0, N = 0;

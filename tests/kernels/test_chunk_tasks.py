@@ -74,3 +74,16 @@ def test_matmul_of_many_chunks(fmt, block, k):
     node, inits = gk.make_sparse_matmul_node(w, "X", "Y", activation="relu", **_fmt(fmt, block))
     want = np.maximum(x.astype(np.float64) @ w.astype(np.float64), 0.0)
     assert_close(_sparse(node, inits, {"X": x}), want)
+
+
+@pytest.mark.parametrize("rows", [5, 40])
+@pytest.mark.parametrize("block", [(4, 1), (8, 1)], ids=["bsr4x1", "bsr8x1"])
+def test_column_blocks_over_k_panels(block, rows):
+    """4x1 / 8x1 MatMul with a long K: chunks of 40 rows are read K panel by K panel, summing
+    into per-task accumulators (the interleaved layout is only used for K up to 1024)."""
+    rng = np.random.default_rng(9)
+    k = 6503  # not a multiple of the block: the last block is partly padding
+    w = masked(rng.standard_normal((k, 21)).astype(np.float32), "bsr", block, 0.9)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    node, inits = gk.make_sparse_matmul_node(w, "X", "Y", format="bsr", block=block)
+    assert_close(_sparse(node, inits, {"X": x}), x.astype(np.float64) @ w.astype(np.float64))

@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import GraphpruneError, NothingToPruneError, UnsafeResultError, UsageError
+from .io import usual_file_mode
 
 TARGETS = ("cpu", "edge")
 MANIFEST_VERSION = 1
@@ -234,11 +235,9 @@ def _build(model, source, work: Path, *, target, want_fp16, want_ort, opset, pru
 
 def _usual_permissions(work: Path) -> None:
     """Temporary files and folders are private (0600/0700); the result follows the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)
+    os.chmod(work, usual_file_mode(directory=True))
     for p in work.iterdir():
-        os.chmod(p, 0o666 & ~umask)
+        os.chmod(p, usual_file_mode())
 
 
 def _check_destination(folder: Path, model, force: bool) -> None:

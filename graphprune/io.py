@@ -112,6 +112,8 @@ def save_graph(shell: onnx.ModelProto, weights: dict[str, np.ndarray],
                     write_model(shell, weights, out, (data, data_name))
             else:
                 write_model(shell, weights, out)
+        for t in temps:  # mkstemp files are private; the outputs are ordinary files
+            os.chmod(t, usual_file_mode())
         if external:
             os.replace(temps[1], path.parent / data_name)
         os.replace(tmp, path)
@@ -120,6 +122,15 @@ def save_graph(shell: onnx.ModelProto, weights: dict[str, np.ndarray],
             Path(t).unlink(missing_ok=True)
         raise
     return path
+
+
+def usual_file_mode(directory: bool = False) -> int:
+    """The mode a plain open() would give a new file (or folder) under the current umask:
+    temporary files from mkstemp are 0600, which a serving process running as another user
+    could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -131,6 +142,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, usual_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

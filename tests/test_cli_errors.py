@@ -110,6 +110,12 @@ def test_successful_run_writes_model_and_plan(workdir):
     assert rc == 0, err
     assert (workdir / "replay.onnx").read_bytes() == (workdir / "out.onnx").read_bytes()
     assert not [p for p in os.listdir(workdir) if p.endswith(".tmp")]
+    # written like any new file (mkstemp's temporaries are 0600: a serving process running as
+    # another user could not read the model)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("out.onnx", "plan.json", "report.json", "replay.onnx"):
+        assert (workdir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def _cli_with_bug(args, cwd, debug=False):

@@ -2,7 +2,8 @@
 
 ONNX Runtime densifies sparse weights, so zeros alone buy nothing. This pass
  1. finds the MatMul / Gemm / Conv nodes with a constant weight that graphprune's operators can
-    run (Conv: 2-D, group 1), with the bias Add and Relu/Gelu that follow them fused in;
+    run (Conv: 2-D, group 1), with the bias Add, a Conv's shortcut Add and the Relu/Gelu
+    that follow them fused in;
  2. masks each weight to the pattern (`4x1`, `1x4`, `4x4`, `8x1` blocks of the [K, N] weight,
     `2:4`/`4:8` N:M along K, or `unstructured`), weakest blocks first by L2 magnitude;
  3. times the dense node and the sparse op on this machine for every distinct shape

@@ -54,6 +54,13 @@ using graphprune::cuda::DeviceWeight;
 using graphprune::cuda::GpuLayout;
 using graphprune::ort::node_name;
 using graphprune::ort::type_name;
+using graphprune::ort::kBias;
+using graphprune::ort::kIndices;
+using graphprune::ort::kNumInputs;
+using graphprune::ort::kResidual;
+using graphprune::ort::kRowPtr;
+using graphprune::ort::kValues;
+using graphprune::ort::kX;
 
 // The attribute reader gives a graphprune::Activation; the device code takes its value.
 static_assert(graphprune::cuda::kActNone == static_cast<int>(graphprune::Activation::kNone) &&
@@ -65,11 +72,6 @@ constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
 constexpr const char* kProvider = "CUDAExecutionProvider";
 
-// The inputs of the CPU SparseMatMul (ONNX Runtime requires one signature per op name across
-// execution providers); the residual input is accepted in the schema but not run here.
-enum Input : size_t {
-  kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
-};
 
 #define GP_RETURN_IF_ERROR(expr)    \
   do {                              \
@@ -333,16 +335,14 @@ const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return reinterpret_cas
 const char* ORT_API_CALL op_ep(const OrtCustomOp*) { return kProvider; }
 size_t ORT_API_CALL op_input_count(const OrtCustomOp*) { return kNumInputs; }
 ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
-  // As the CPU op: indices / row_ptr int32 or int64 (checked at kernel creation).
-  return (i == kIndices || i == kRowPtr) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return graphprune::ort::sparse_input_type(i);
 }
 size_t ORT_API_CALL op_output_count(const OrtCustomOp*) { return 1; }
 ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
-  return (i == kRowPtr || i == kBias || i == kResidual) ? INPUT_OUTPUT_OPTIONAL
-                                                        : INPUT_OUTPUT_REQUIRED;
+  return graphprune::ort::sparse_input_characteristic(i);  // residual: declared, refused here
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;

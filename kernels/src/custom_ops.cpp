@@ -47,13 +47,17 @@ using graphprune::ort::string_attr;
 using graphprune::ort::TensorView;
 using graphprune::ort::type_name;
 using graphprune::ort::view_tensor;
+using graphprune::ort::kBias;
+using graphprune::ort::kIndices;
+using graphprune::ort::kNumInputs;
+using graphprune::ort::kResidual;
+using graphprune::ort::kRowPtr;
+using graphprune::ort::kValues;
+using graphprune::ort::kX;
 
 constexpr uint32_t kApiVersion = 21;
 constexpr const char* kDomain = "graphprune";
 
-enum Input : size_t {
-  kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
-};
 
 #define GP_RETURN_IF_ERROR(expr)      \
   do {                                \
@@ -345,17 +349,14 @@ const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return reinterpret_cas
 const char* ORT_API_CALL op_ep(const OrtCustomOp*) { return nullptr; }  // CPU
 size_t ORT_API_CALL op_input_count(const OrtCustomOp*) { return kNumInputs; }
 ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
-  // indices / row_ptr: int32 or int64 (undefined = any type, checked at kernel creation)
-  return (i == kIndices || i == kRowPtr) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
-                                         : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return graphprune::ort::sparse_input_type(i);
 }
 size_t ORT_API_CALL op_output_count(const OrtCustomOp*) { return 1; }
 ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
-  return (i == kRowPtr || i == kBias || i == kResidual) ? INPUT_OUTPUT_OPTIONAL
-                                                        : INPUT_OUTPUT_REQUIRED;
+  return graphprune::ort::sparse_input_characteristic(i);
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;

@@ -145,5 +145,15 @@ OrtStatus* constant_inputs(const OrtApi* api, const OrtKernelInfo* info, size_t 
   return nullptr;
 }
 
+ONNXTensorElementDataType sparse_input_type(size_t i) {
+  return (i == kIndices || i == kRowPtr) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                         : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOpInputOutputCharacteristic sparse_input_characteristic(size_t i) {
+  return (i == kRowPtr || i == kBias || i == kResidual) ? INPUT_OUTPUT_OPTIONAL
+                                                        : INPUT_OUTPUT_REQUIRED;
+}
+
 }  // namespace ort
 }  // namespace graphprune

@@ -14,6 +14,18 @@
 namespace graphprune {
 namespace ort {
 
+// The inputs of SparseMatMul / SparseConv, the same on every execution provider (ONNX Runtime
+// requires one signature per op name across providers):
+// X, values, indices, row_ptr?, bias?, residual? (shaped like Y, added before the activation).
+enum SparseInput : size_t {
+  kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
+};
+// Input i's element type: indices / row_ptr int32 or int64 (undefined = any type, checked at
+// kernel creation), the others float.
+ONNXTensorElementDataType sparse_input_type(size_t i);
+// Whether input i is optional (row_ptr, bias, residual) or required.
+OrtCustomOpInputOutputCharacteristic sparse_input_characteristic(size_t i);
+
 // Attribute getters: false when the attribute is absent (or of another type).
 bool int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out);
 bool ints_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name,

@@ -217,6 +217,20 @@ void balanced_ranges(const PackedWeight& w, int64_t parts, std::vector<int64_t>*
   }
 }
 
+// Splits the block columns into at least `wanted` ranges (more with K panels, whose per-range
+// accumulators, range columns x mb floats, must stay within kAccBytes; at most one per block
+// column) and points the job at them.
+void split_columns(const PackedWeight& w, int64_t wanted, XTJob* job, std::vector<int64_t>* ranges) {
+  int64_t n = wanted;
+  if (job->panels)
+    n = std::max(n, (w.nbc * w.bc * job->mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) /
+                        kAccBytes);
+  n = std::max<int64_t>(1, std::min(n, w.nbc));
+  balanced_ranges(w, n, ranges);
+  job->range_start = ranges->data();
+  job->nranges = n;
+}
+
 void run_tasks(Parallel& par, size_t n, void (*fn)(void*, size_t), void* data) {
   if (n == 1) {
     fn(data, 0);
@@ -303,13 +317,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // MatMul and 1x1 convs, kh*kw times it for im2col) and read it back from memory: at batch
   // 16 a ResNet-50 activation is 51 MB.
   if (job.nchunks >= kChunkTaskMin) {
-    int64_t nranges = 1;
-    if (job.panels)  // keep each range's accumulators (range columns x mb) small
-      nranges = (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes;
-    nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
-    balanced_ranges(w, nranges, &ranges);
-    job.range_start = ranges.data();
-    job.nranges = nranges;
+    split_columns(w, 1, &job, &ranges);
     run_tasks(par, static_cast<size_t>(job.nchunks), isa.chunk, &job);
     return;
   }
@@ -335,13 +343,8 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   const bool pack_parallel = padded_rows * K >= 4 * kTaskWork;
   const int64_t work = padded_rows * col_cost;
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(work / kTaskWork, kMaxTasks));
-  int64_t nranges = (ntasks + per_wave - 1) / per_wave;
-  if (job.panels)  // keep each task's accumulators (range columns x mb) small
-    nranges = std::max(nranges, (w.nbc * w.bc * mb * static_cast<int64_t>(sizeof(float)) + kAccBytes - 1) / kAccBytes);
-  nranges = std::max<int64_t>(1, std::min(nranges, w.nbc));
-  balanced_ranges(w, nranges, &ranges);
-  job.range_start = ranges.data();
-  job.nranges = nranges;
+  split_columns(w, (ntasks + per_wave - 1) / per_wave, &job, &ranges);
+  const int64_t nranges = job.nranges;
 
   for (int64_t c0 = 0; c0 < job.nchunks; c0 += per_wave) {
     const int64_t nc = std::min(per_wave, job.nchunks - c0);

@@ -1,10 +1,14 @@
 """What the kernel tests share: the formats, a float64 numpy reference, masking by format, the
-one-node model builder and the comparison tolerance (the `library` fixture is in conftest.py)."""
+one-node model builders and runners and the comparison tolerance (the `library` fixture is in
+conftest.py)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
 from graphprune import kernels as gk
 
 FORMATS = [("bsr", (1, 4)), ("bsr", (4, 1)), ("bsr", (4, 4)), ("bsr", (8, 1)),
@@ -47,3 +51,35 @@ def sparse_model(w, fmt, block, **kwargs):
     if fmt == "nm":
         return gk.make_sparse_matmul_model(w, format="nm", nm=block, **kwargs)
     return gk.make_sparse_matmul_model(w, format=fmt, block=block, **kwargs)
+
+
+def fmt_kwargs(fmt, block):
+    """The builders' keyword arguments for a (format, block) pair of FORMATS."""
+    return {"format": fmt, "nm": block} if fmt == "nm" else {"format": fmt, "block": block}
+
+
+def masked_conv_weight(rng, o, c, kernel, fmt, block, sparsity=0.7):
+    """A random ONNX Conv weight [O, C, *kernel], masked on its matrix [C*kh*kw, O]."""
+    cw = rng.standard_normal((o, c, *kernel)).astype(np.float32)
+    return gk.conv_weight_from_matrix(masked(gk.conv_weight_matrix(cw), fmt, block, sparsity),
+                                      kernel)
+
+
+def _graph_model(nodes, inits, feeds, domains=()):
+    graph = helper.make_graph(
+        list(nodes), "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *domains])
+
+
+def run_dense(nodes, inits, feeds):
+    """Output Y of ONNX Runtime's own ops `nodes` (the reference), every feed a graph input."""
+    model = _graph_model(nodes, inits, feeds)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def run_sparse(node, inits, feeds, threads=2):
+    """Output Y of one graphprune node, every feed a graph input, the library registered."""
+    model = _graph_model([node], inits, feeds, [helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)])
+    return gk.session(model, threads=threads).run(None, feeds)[0]

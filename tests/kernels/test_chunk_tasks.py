@@ -5,42 +5,14 @@ accumulator ranges) and for all three layouts, against ONNX Runtime's dense ops.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from graphprune import kernels as gk
-from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, masked,
+                             masked_conv_weight, run_dense, run_sparse)
 
 pytestmark = pytest.mark.usefixtures("library")
-
-
-def _fmt(fmt, block):
-    return {"format": fmt, "nm": block} if fmt == "nm" else {"format": fmt, "block": block}
-
-
-def _dense_conv(cw, x, attrs, r=None):
-    nodes = [helper.make_node("Conv", ["X", "W"], ["Z" if r is not None else "Y"], **attrs)]
-    feeds = {"X": x}
-    if r is not None:
-        nodes.append(helper.make_node("Add", ["Z", "R"], ["Y"]))
-        feeds["R"] = r
-    graph = helper.make_graph(
-        nodes, "dense", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(cw, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-
-
-def _sparse(node, inits, feeds):
-    graph = helper.make_graph(
-        [node], "sparse", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)])
-    return gk.session(model, threads=2).run(None, feeds)[0]
 
 
 # (C, O, kernel, pads, batch, H, W): pixels far beyond 8 chunks; C*kh*kw = 1800 > 384 KiB of
@@ -55,14 +27,16 @@ CONVS = {"1x1": (24, 19, (1, 1), (0, 0, 0, 0), 2, 33, 31),
 def test_conv_of_many_chunks(fmt, block, conv):
     c, o, kernel, pads, batch, h, w = CONVS[conv]
     rng = np.random.default_rng(11)
-    cw = rng.standard_normal((o, c, *kernel)).astype(np.float32)
-    cw = gk.conv_weight_from_matrix(masked(gk.conv_weight_matrix(cw), fmt, block), kernel)
+    cw = masked_conv_weight(rng, o, c, kernel, fmt, block)
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
     r = rng.standard_normal((batch, o, h, w)).astype(np.float32)
     attrs = {"kernel_shape": list(kernel), "pads": list(pads)}
-    node, inits = gk.make_sparse_conv_node(cw, "X", "Y", residual="R", **attrs, **_fmt(fmt, block))
-    assert_close(_sparse(node, inits, {"X": x, "R": r}),
-                 _dense_conv(cw, x, attrs, r).astype(np.float64))
+    node, inits = gk.make_sparse_conv_node(cw, "X", "Y", residual="R", **attrs,
+                                           **fmt_kwargs(fmt, block))
+    want = run_dense([helper.make_node("Conv", ["X", "W"], ["Z"], **attrs),
+                      helper.make_node("Add", ["Z", "R"], ["Y"])],
+                     [numpy_helper.from_array(cw, "W")], {"X": x, "R": r})
+    assert_close(run_sparse(node, inits, {"X": x, "R": r}), want.astype(np.float64))
 
 
 @pytest.mark.parametrize("k", [40, 1600])  # one K panel, several
@@ -71,9 +45,9 @@ def test_matmul_of_many_chunks(fmt, block, k):
     rng = np.random.default_rng(5)
     w = masked(rng.standard_normal((k, 21)).astype(np.float32), fmt, block)
     x = rng.standard_normal((3, 331, k)).astype(np.float32)  # 993 rows: 16 chunks, the last partial
-    node, inits = gk.make_sparse_matmul_node(w, "X", "Y", activation="relu", **_fmt(fmt, block))
+    node, inits = gk.make_sparse_matmul_node(w, "X", "Y", activation="relu", **fmt_kwargs(fmt, block))
     want = np.maximum(x.astype(np.float64) @ w.astype(np.float64), 0.0)
-    assert_close(_sparse(node, inits, {"X": x}), want)
+    assert_close(run_sparse(node, inits, {"X": x}), want)
 
 
 @pytest.mark.parametrize("rows", [5, 40])
@@ -86,4 +60,4 @@ def test_column_blocks_over_k_panels(block, rows):
     w = masked(rng.standard_normal((k, 21)).astype(np.float32), "bsr", block, 0.9)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     node, inits = gk.make_sparse_matmul_node(w, "X", "Y", format="bsr", block=block)
-    assert_close(_sparse(node, inits, {"X": x}), x.astype(np.float64) @ w.astype(np.float64))
+    assert_close(run_sparse(node, inits, {"X": x}), x.astype(np.float64) @ w.astype(np.float64))

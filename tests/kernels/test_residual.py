@@ -6,37 +6,14 @@ dense Conv / MatMul followed by Add and Relu, on every path that writes Y: the 1
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from graphprune import kernels as gk
-from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, masked,
+                             masked_conv_weight, run_dense, run_sparse)
 
 pytestmark = pytest.mark.usefixtures("library")
-
-
-def _run_dense(nodes, inits, feeds):
-    graph = helper.make_graph(
-        nodes, "dense", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
-
-
-def _run_sparse(node, inits, feeds, threads):
-    graph = helper.make_graph(
-        [node], "sparse",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)])
-    return gk.session(model, threads=threads).run(None, feeds)[0]
-
-
-def _fmt(fmt, block):
-    return {"format": fmt, "nm": block} if fmt == "nm" else {"format": fmt, "block": block}
 
 
 CONVS = {"1x1": ((1, 1), (0, 0, 0, 0), (2, 13, 9, 11)),
@@ -50,22 +27,21 @@ def test_conv_residual(fmt, block, conv, threads):
     kernel, pads, x_shape = CONVS[conv]
     rng = np.random.default_rng(7)
     c, o = x_shape[1], 11
-    cw = rng.standard_normal((o, c, *kernel)).astype(np.float32)
-    cw = gk.conv_weight_from_matrix(masked(gk.conv_weight_matrix(cw), fmt, block), kernel)
+    cw = masked_conv_weight(rng, o, c, kernel, fmt, block)
     bias = rng.standard_normal(o).astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
     r = rng.standard_normal((x_shape[0], o, *x_shape[2:])).astype(np.float32)
     attrs = {"kernel_shape": list(kernel), "pads": list(pads)}
-    want = _run_dense(
+    want = run_dense(
         [helper.make_node("Conv", ["X", "W", "B"], ["Z"], **attrs),
          helper.make_node("Add", ["Z", "R"], ["S"]), helper.make_node("Relu", ["S"], ["Y"])],
         [numpy_helper.from_array(cw, "W"), numpy_helper.from_array(bias, "B")], {"X": x, "R": r})
     node, inits = gk.make_sparse_conv_node(cw, "X", "Y", bias=bias, activation="relu",
-                                           residual="R", **attrs, **_fmt(fmt, block))
-    got = _run_sparse(node, inits, {"X": x, "R": r}, threads)
+                                           residual="R", **attrs, **fmt_kwargs(fmt, block))
+    got = run_sparse(node, inits, {"X": x, "R": r}, threads)
     assert_close(got, want.astype(np.float64))
-    assert not np.allclose(want, _run_sparse(*gk.make_sparse_conv_node(
-        cw, "X", "Y", bias=bias, activation="relu", **attrs, **_fmt(fmt, block)),
+    assert not np.allclose(want, run_sparse(*gk.make_sparse_conv_node(
+        cw, "X", "Y", bias=bias, activation="relu", **attrs, **fmt_kwargs(fmt, block)),
         {"X": x}, threads), atol=1e-3), "the residual must change the result"
 
 
@@ -77,8 +53,8 @@ def test_matmul_residual(fmt, block, rows):
     w = masked(rng.standard_normal((k, n)).astype(np.float32), fmt, block)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     r = rng.standard_normal((rows, n)).astype(np.float32)
-    node, inits = gk.make_sparse_matmul_node(w, "X", "Y", residual="R", **_fmt(fmt, block))
-    got = _run_sparse(node, inits, {"X": x, "R": r}, 2)
+    node, inits = gk.make_sparse_matmul_node(w, "X", "Y", residual="R", **fmt_kwargs(fmt, block))
+    got = run_sparse(node, inits, {"X": x, "R": r}, 2)
     assert_close(got, x.astype(np.float64) @ w.astype(np.float64) + r)
 
 
@@ -86,5 +62,5 @@ def test_residual_of_the_wrong_shape_is_refused():
     w = gk.mask_blocks(np.ones((8, 8), np.float32), 0.5, (1, 4))
     node, inits = gk.make_sparse_matmul_node(w, "X", "Y", residual="R")
     with pytest.raises(Exception, match="residual must be float and shaped like Y"):
-        _run_sparse(node, inits, {"X": np.ones((2, 8), np.float32),
+        run_sparse(node, inits, {"X": np.ones((2, 8), np.float32),
                                   "R": np.ones((2, 7), np.float32)}, 1)

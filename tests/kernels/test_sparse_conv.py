@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import kernels as gk
-from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked
+from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, masked_conv_weight
 
 
 # (C, O, kernel, strides, pads [top, left, bottom, right], dilations, H, W): C and O are not
@@ -28,17 +28,6 @@ CONFIGS = {
     "3x3d2p2": (5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 13, 10),
     "3x2-odd": (7, 6, (3, 2), (2, 1), (1, 0, 0, 1), (1, 2), 10, 9),
 }
-
-
-def masked_conv_weight(rng, o, c, kernel, fmt, block, sparsity=0.7):
-    """A random ONNX Conv weight [O, C, *kernel], masked on its matrix [C*kh*kw, O]."""
-    cw = rng.standard_normal((o, c, *kernel)).astype(np.float32)
-    return gk.conv_weight_from_matrix(masked(gk.conv_weight_matrix(cw), fmt, block, sparsity),
-                                      kernel)
-
-
-def fmt_kwargs(fmt, block):
-    return {"format": fmt, "nm": block} if fmt == "nm" else {"format": fmt, "block": block}
 
 
 def dense_session(cw, bias, activation, kernel, strides, pads, dilations):

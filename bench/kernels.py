@@ -97,6 +97,16 @@ def sparse_weight(w: np.ndarray, pattern: str, sparsity: int):
     raise ValueError(pattern)
 
 
+def dense_session(model, threads: int):
+    """ONNX Runtime's own ops on `model`: the baseline, with the same threads as ours."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def time_session(sess, x, runs: int, min_seconds: float) -> float:
     feeds = {"X": x}
     t_end = time.perf_counter() + 0.2
@@ -163,8 +173,6 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     rows = []
     print(f"library {lib} (isa {isa}), {args.threads} threads", flush=True)
-    import onnxruntime as ort
-
     for k, n in shapes:
         w = rng.standard_normal((k, n)).astype(np.float32)
         xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in ms}
@@ -176,11 +184,7 @@ def main(argv=None) -> int:
         sparse_t = {}
         errors = {}
         for rnd in range(args.rounds):
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            so.inter_op_num_threads = 1
-            dense = ort.InferenceSession(dense_model(w).SerializeToString(), so,
-                                         providers=["CPUExecutionProvider"])
+            dense = dense_session(dense_model(w), args.threads)
             for m in ms:
                 t = time_session(dense, xs[m], args.runs, args.min_seconds)
                 dense_t.setdefault(m, []).append(t)
@@ -309,18 +313,10 @@ def conv_main(argv) -> int:
     lib = _library()
     if lib is None:
         return 1
-    import onnxruntime as ort
-
     isa = gk.isa()
     load_start = list(os.getloadavg())
     rng = np.random.default_rng(args.seed)
     print(f"library {lib} (isa {isa}), {args.threads} threads, batch {args.batch}", flush=True)
-
-    def dense_session(model):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     rows = []
     for sh in shapes:
@@ -337,7 +333,7 @@ def conv_main(argv) -> int:
                 models[pattern, sp] = (sw, desc, masked)
         dense_t, sparse_t, errors = [], {}, {}
         for rnd in range(args.rounds):
-            dense = dense_session(dense_conv_model(cw, sh))
+            dense = dense_session(dense_conv_model(cw, sh), args.threads)
             dense_t.append(time_session(dense, x, args.runs, args.min_seconds))
             print(f"round {rnd + 1} {label}: dense {dense_t[-1] * 1e3:.3f} ms", flush=True)
             del dense
@@ -348,7 +344,7 @@ def conv_main(argv) -> int:
                 sparse_t.setdefault((pattern, sp), []).append(t)
                 if rnd == 0:
                     y = sess.run(None, {"X": x})[0]
-                    exp = dense_session(dense_conv_model(masked, sh)).run(None, {"X": x})[0]
+                    exp = dense_session(dense_conv_model(masked, sh), args.threads).run(None, {"X": x})[0]
                     errors[pattern, sp] = float(np.abs(y - exp).max() / (np.abs(exp).max() + 1e-12))
                 print(f"round {rnd + 1} {label} {pattern:7s} {sp:2d}%  sparse {t * 1e3:8.3f} ms  "
                       f"speedup {min(dense_t) / t:6.2f}x", flush=True)

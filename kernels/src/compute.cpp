@@ -87,16 +87,16 @@ struct RowJob {
 
 // Scratch of the calling thread (ORT's pool threads live as long as the session's pool):
 // per-task column accumulators (several K panels) and, in chunk tasks, the packed X chunk.
-float* task_buffer(size_t n) {
+// One buffer per use: a chunk task holds its packed chunk while the K-panel path inside it
+// needs the accumulators.
+template <int Use>
+float* thread_scratch(size_t n) {
   thread_local AlignedVector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
-float* chunk_buffer(size_t n) {
-  thread_local AlignedVector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
+float* task_buffer(size_t n) { return thread_scratch<0>(n); }
+float* chunk_buffer(size_t n) { return thread_scratch<1>(n); }
 
 namespace isa_generic {
 #define GP_VL 4

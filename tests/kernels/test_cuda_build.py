@@ -67,7 +67,7 @@ def _gpu_unavailable_reason():
 def cuda_library():
     if gk.find_nvcc() is None:
         pytest.skip("no CUDA compiler (nvcc) here: the CUDA library cannot be built")
-    if shutil.which("cmake") is None:
+    if gk.find_cmake() is None:
         pytest.skip("cmake is not installed")
     try:
         gk.find_headers()
@@ -75,14 +75,6 @@ def cuda_library():
         pytest.skip(f"ONNX Runtime headers unavailable here: {exc}")
     # nvcc, cmake and headers are here: from now on a failure is a failure, not a skip.
     return gk.cuda_library_path()
-
-
-@pytest.fixture(scope="module")
-def cpu_library():
-    try:
-        return gk.library_path()
-    except gk.KernelsUnavailable as exc:
-        pytest.skip(f"CPU kernel library unavailable here: {exc}")
 
 
 def test_cuda_library_builds_and_exports_register(cuda_library):
@@ -111,8 +103,8 @@ def test_cuda_library_builds_and_exports_register(cuda_library):
         assert "libonnxruntime" not in needed  # the runtime hands us its API table
 
 
-def test_cpu_library_stays_free_of_cuda(cpu_library):
-    for tool in (["readelf", "-d", cpu_library], ["nm", "-D", cpu_library]):
+def test_cpu_library_stays_free_of_cuda(library):
+    for tool in (["readelf", "-d", library], ["nm", "-D", library]):
         out = _tool_output(tool)
         if out is None:
             pytest.skip(f"{tool[0]} is not installed")
@@ -123,7 +115,7 @@ def test_cpu_library_stays_free_of_cuda(cpu_library):
 # registration (no GPU needed)
 
 
-def test_cuda_library_brings_the_cpu_operators(cuda_library, cpu_library):
+def test_cuda_library_brings_the_cpu_operators(cuda_library, library):
     """One registration serves CUDA and CPU: on a CPU-only session the CPU kernel runs."""
     rng = np.random.default_rng(1)
     w = masked(rng.standard_normal((64, 48)).astype(np.float32), "bsr", (4, 1))
@@ -245,7 +237,7 @@ def test_emulated_empty_weight(emulator):
 
 
 @pytest.fixture(scope="module")
-def gpu(cuda_library, cpu_library):
+def gpu(cuda_library, library):
     reason = _gpu_unavailable_reason()
     if reason:
         pytest.skip(reason)

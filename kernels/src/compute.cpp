@@ -13,6 +13,10 @@
 
 #include "sparse_matmul.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>  // masked tails in kernels_body.inc (AVX2 and AVX-512 copies only)
+#endif
+
 namespace graphprune {
 namespace {
 
@@ -36,6 +40,10 @@ constexpr int64_t kMinPackTasks = 8;
 constexpr int64_t kMinSliceRows = 64;  // K rows per pack slice, at least
 // From this many chunks on, a task packs and multiplies whole chunks (see sparse_matmul).
 constexpr int64_t kChunkTaskMin = 8;
+// Chunk tasks take up to kChunkGroup consecutive chunks each (the next one's input is prefetched
+// while one is multiplied), keeping at least kChunkTasksMin tasks for the threads to share.
+constexpr int64_t kChunkGroup = 4;
+constexpr int64_t kChunkTasksMin = 32;
 // 4x1 / 8x1 MatMul: interleaved one-vector chunks up to this size (see sparse_matmul).
 constexpr int64_t kInterleaveChunkBytes = 64 * 1024;
 
@@ -55,6 +63,7 @@ struct XTJob {
   int64_t mb = 0, nchunks = 0, chunks_per_image = 1;
   float* xt = nullptr;       // packed chunks chunk0, chunk0 + 1, ... (one wave)
   int64_t chunk0 = 0;        // first chunk of the wave in xt
+  int64_t group = 1;         // chunk tasks: consecutive chunks per task
   int64_t pack_slices = 1;   // kConv: pack tasks per chunk (channel slices)
   const int64_t* range_start = nullptr;
   int64_t nranges = 1;
@@ -318,7 +327,9 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // 16 a ResNet-50 activation is 51 MB.
   if (job.nchunks >= kChunkTaskMin) {
     split_columns(w, 1, &job, &ranges);
-    run_tasks(par, static_cast<size_t>(job.nchunks), isa.chunk, &job);
+    job.group = std::max<int64_t>(1, std::min(kChunkGroup, job.nchunks / kChunkTasksMin));
+    const int64_t ntasks = (job.nchunks + job.group - 1) / job.group;
+    run_tasks(par, static_cast<size_t>(ntasks), isa.chunk, &job);
     return;
   }
 

@@ -27,6 +27,10 @@ CONFIGS = {
     "7x7s2p3": (3, 11, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 19, 17),
     "3x3d2p2": (5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 13, 10),
     "3x2-odd": (7, 6, (3, 2), (2, 1), (1, 0, 0, 1), (1, 2), 10, 9),
+    # stride 1 with the output as wide as the input (the kernels' linear im2col): pads on one side
+    # only, and a kernel wider than the image
+    "3x3-same-asym": (6, 9, (3, 3), (1, 1), (0, 2, 2, 0), (1, 1), 12, 21),
+    "1x5-wider": (4, 6, (1, 5), (1, 1), (0, 2, 0, 2), (1, 1), 7, 3),
 }
 
 

@@ -208,14 +208,15 @@ def test_conv_1d(library):
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_code_path(library, isa, monkeypatch):
-    """The im2col packing of every ISA copy this CPU can run."""
+    """The im2col packing of every ISA copy this CPU can run: stride 2 (runs, strided copies
+    with masked tails) and stride 1 as wide as the input (one clipped run per channel and tap)."""
     monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
     rng = np.random.default_rng(6)
     try:
-        for fmt, block in FORMATS:
+        for (fmt, block), stride in [(fb, s) for fb in FORMATS for s in (2, 1)]:
             cw = masked_conv_weight(rng, 11, 5, (3, 3), fmt, block)
             b = rng.standard_normal(11).astype(np.float32)
-            model = gk.make_sparse_conv_model(cw, bias=b, activation="relu", strides=2, pads=1,
+            model = gk.make_sparse_conv_model(cw, bias=b, activation="relu", strides=stride, pads=1,
                                               **fmt_kwargs(fmt, block))
             try:
                 sess = gk.session(model, threads=2)
@@ -223,7 +224,7 @@ def test_every_code_path(library, isa, monkeypatch):
                 assert "not available on this CPU" in str(exc)
                 pytest.skip(f"{isa} not supported by this CPU")
             assert gk.isa() == isa
-            ref = dense_session(cw, b, "relu", (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
+            ref = dense_session(cw, b, "relu", (3, 3), (stride, stride), (1, 1, 1, 1), (1, 1))
             for shape in [(1, 5, 3, 3), (2, 5, 9, 14), (1, 5, 23, 21)]:
                 x = rng.standard_normal(shape).astype(np.float32)
                 assert_close(sess.run(None, {"X": x})[0], ref.run(None, {"X": x})[0])

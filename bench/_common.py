@@ -21,6 +21,21 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def _bench_dir_last() -> None:
+    """A script run as ``python bench/X.py`` has bench/ on sys.path ahead of site-packages, so
+    bench/kernels.py hides the PyPI ``kernels`` package that transformers (5.x) imports while it
+    builds a model: the BERT export then failed with an ImportError. bench/ stays importable,
+    only last."""
+    here = str(Path(__file__).resolve().parent)
+    for entry in list(sys.path):
+        if entry and os.path.abspath(entry) == here:
+            sys.path.remove(entry)
+            sys.path.append(entry)
+
+
+_bench_dir_last()
+
 _MARK = "@@BENCH_JSON@@ "
 
 # Prepended to every child's code.  Memory helpers read the kernel's figures, not Python's,

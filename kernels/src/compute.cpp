@@ -44,7 +44,7 @@ constexpr int64_t kChunkTaskMin = 8;
 // while one is multiplied), keeping at least kChunkTasksMin tasks for the threads to share.
 constexpr int64_t kChunkGroup = 4;
 constexpr int64_t kChunkTasksMin = 32;
-// Conv outputs of at least this size are written with streaming stores (AVX-512), which skip
+// Conv outputs of at least this size are written with streaming stores (AVX-512, AVX2), which skip
 // reading Y's lines into cache before overwriting them: an output this large is evicted before
 // the next layer reads it anyway. ResNet-50 at batch 16, 90 % 1x4 (2 threads, A/B by hand):
 // 64->256 1x1 on 56x56 2.88 -> 1.44 ms; whole model 125.8 -> 113-120 ms with 8 or 24 MiB.

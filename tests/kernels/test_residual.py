@@ -45,25 +45,37 @@ def test_conv_residual(fmt, block, conv, threads):
         {"X": x}, threads), atol=1e-3), "the residual must change the result"
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("fmt,block", [("bsr", (1, 4)), ("csr", (1, 1))], ids=["bsr1x4", "csr"])
 @pytest.mark.parametrize("hw", [(128, 130), (129, 131)], ids=["rows-aligned", "rows-unaligned"])
-def test_large_conv_output_streamed(fmt, block, hw):
-    """An output of >= 16 MiB is written with streaming stores (where AVX-512 has them): whole
-    chunks on 64-byte aligned channel rows, the rest (unaligned rows, the last chunk of each
+def test_large_conv_output_streamed(fmt, block, hw, isa, monkeypatch):
+    """An output of >= 16 MiB is written with streaming stores (AVX2 and AVX-512 copies): whole
+    chunks on vector-aligned channel rows, the rest (unaligned rows, the last chunk of each
     image) as usual. Both must give the same Y, with the residual and the activation."""
-    rng = np.random.default_rng(11)
-    c, o = 8, 128
-    x = rng.standard_normal((2, c, *hw)).astype(np.float32)
-    assert x.shape[0] * o * hw[0] * hw[1] * 4 >= 16 << 20
-    cw = masked_conv_weight(rng, o, c, (1, 1), fmt, block, sparsity=0.5)
-    bias = rng.standard_normal(o).astype(np.float32)
-    r = rng.standard_normal((2, o, *hw)).astype(np.float32)
-    node, inits = gk.make_sparse_conv_node(cw, "X", "Y", bias=bias, activation="relu",
-                                           residual="R", **fmt_kwargs(fmt, block))
-    got = run_sparse(node, inits, {"X": x, "R": r}, 2)
-    w64 = cw[:, :, 0, 0].astype(np.float64)
-    want = np.einsum("oc,bchw->bohw", w64, x) + bias[None, :, None, None] + r
-    assert_close(got, np.maximum(want, 0.0))
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
+    try:
+        try:
+            gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))
+        except gk.KernelsUnavailable as exc:
+            assert "not available on this CPU" in str(exc)
+            pytest.skip(f"{isa} not supported by this CPU")
+        assert gk.isa() == isa
+        rng = np.random.default_rng(11)
+        c, o = 8, 128
+        x = rng.standard_normal((2, c, *hw)).astype(np.float32)
+        assert x.shape[0] * o * hw[0] * hw[1] * 4 >= 16 << 20
+        cw = masked_conv_weight(rng, o, c, (1, 1), fmt, block, sparsity=0.5)
+        bias = rng.standard_normal(o).astype(np.float32)
+        r = rng.standard_normal((2, o, *hw)).astype(np.float32)
+        node, inits = gk.make_sparse_conv_node(cw, "X", "Y", bias=bias, activation="relu",
+                                               residual="R", **fmt_kwargs(fmt, block))
+        got = run_sparse(node, inits, {"X": x, "R": r}, 2)
+        w64 = cw[:, :, 0, 0].astype(np.float64)
+        want = np.einsum("oc,bchw->bohw", w64, x) + bias[None, :, None, None] + r
+        assert_close(got, np.maximum(want, 0.0))
+    finally:
+        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
+        gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))  # the best
 
 
 @pytest.mark.parametrize("rows", [1, 37])  # the small-M row path and the vectorised tiles

@@ -44,9 +44,9 @@ constexpr int64_t kChunkTaskMin = 8;
 // while one is multiplied), keeping at least kChunkTasksMin tasks for the threads to share.
 constexpr int64_t kChunkGroup = 4;
 constexpr int64_t kChunkTasksMin = 32;
-// Conv outputs of at least this size are written with streaming stores (AVX-512, AVX2), which skip
-// reading Y's lines into cache before overwriting them: an output this large is evicted before
-// the next layer reads it anyway. ResNet-50 at batch 16, 90 % 1x4 (2 threads, A/B by hand):
+// Outputs of at least this size (chunk tasks: convs, and MatMul with many rows) are written with
+// streaming stores (AVX-512, AVX2), which skip reading Y's lines into cache before overwriting
+// them: an output this large is evicted before the next layer reads it anyway. ResNet-50 at batch 16, 90 % 1x4 (2 threads, A/B by hand):
 // 64->256 1x1 on 56x56 2.88 -> 1.44 ms; whole model 125.8 -> 113-120 ms with 8 or 24 MiB.
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 // 4x1 / 8x1 MatMul: interleaved one-vector chunks up to this size (see sparse_matmul).
@@ -334,8 +334,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   if (job.nchunks >= kChunkTaskMin) {
     split_columns(w, 1, &job, &ranges);
     job.group = std::max<int64_t>(1, std::min(kChunkGroup, job.nchunks / kChunkTasksMin));
-    job.stream = p.layout != Layout::kRows &&
-                 p.batch * N * p.P * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+    job.stream = M * N * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
     const int64_t ntasks = (job.nchunks + job.group - 1) / job.group;
     run_tasks(par, static_cast<size_t>(ntasks), isa.chunk, &job);
     return;

@@ -78,6 +78,34 @@ def test_large_conv_output_streamed(fmt, block, hw, isa, monkeypatch):
         gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))  # the best
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("fmt,block", [("bsr", (1, 4)), ("csr", (1, 1))], ids=["bsr1x4", "csr"])
+@pytest.mark.parametrize("n", [2048, 2008], ids=["rows-aligned", "rows-unaligned"])
+def test_large_matmul_output_streamed(fmt, block, n, isa, monkeypatch):
+    """MatMul with Y of >= 16 MiB: the transposed tiles go out with streaming stores where a row
+    of Y is vector-aligned, the partial last chunk and last tile as usual."""
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
+    try:
+        try:
+            gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))
+        except gk.KernelsUnavailable as exc:
+            assert "not available on this CPU" in str(exc)
+            pytest.skip(f"{isa} not supported by this CPU")
+        assert gk.isa() == isa
+        rng = np.random.default_rng(12)
+        rows, k = 2100, 24
+        assert rows * n * 4 >= 16 << 20
+        w = masked(rng.standard_normal((k, n)).astype(np.float32), fmt, block, 0.5)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        r = rng.standard_normal((rows, n)).astype(np.float32)
+        node, inits = gk.make_sparse_matmul_node(w, "X", "Y", residual="R", **fmt_kwargs(fmt, block))
+        got = run_sparse(node, inits, {"X": x, "R": r}, 2)
+        assert_close(got, x.astype(np.float64) @ w.astype(np.float64) + r)
+    finally:
+        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
+        gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))  # the best
+
+
 @pytest.mark.parametrize("rows", [1, 37])  # the small-M row path and the vectorised tiles
 @pytest.mark.parametrize("fmt,block", FORMATS, ids=FORMAT_IDS)
 def test_matmul_residual(fmt, block, rows):

@@ -3,10 +3,12 @@ one-node model builders and runners and the comparison tolerance (the `library` 
 conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from graphprune import kernels as gk
@@ -16,6 +18,29 @@ FORMATS = [("bsr", (1, 4)), ("bsr", (4, 1)), ("bsr", (4, 4)), ("bsr", (8, 1)),
 FORMAT_IDS = ["bsr1x4", "bsr4x1", "bsr4x4", "bsr8x1", "csr", "nm2:4"]
 
 _erf = np.vectorize(math.erf)
+
+
+def _select_isa() -> None:
+    """The library reads GRAPHPRUNE_KERNELS_ISA when a session registers it."""
+    gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))
+
+
+@contextlib.contextmanager
+def forced_isa(isa, monkeypatch):
+    """Runs the body on the library's `isa` copy (skipped where this CPU lacks it), then goes
+    back to the best copy, also when the body fails."""
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
+    try:
+        try:
+            _select_isa()
+        except gk.KernelsUnavailable as exc:
+            assert "not available on this CPU" in str(exc)
+            pytest.skip(f"{isa} not supported by this CPU")
+        assert gk.isa() == isa
+        yield
+    finally:
+        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
+        _select_isa()
 
 
 def reference(x, w, bias=None, activation="none"):

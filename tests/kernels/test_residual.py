@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphprune import kernels as gk
-from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, masked,
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, forced_isa, masked,
                              masked_conv_weight, run_dense, run_sparse)
 
 pytestmark = pytest.mark.usefixtures("library")
@@ -52,14 +52,7 @@ def test_large_conv_output_streamed(fmt, block, hw, isa, monkeypatch):
     """An output of >= 16 MiB is written with streaming stores (AVX2 and AVX-512 copies): whole
     chunks on vector-aligned channel rows, the rest (unaligned rows, the last chunk of each
     image) as usual. Both must give the same Y, with the residual and the activation."""
-    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
-    try:
-        try:
-            gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))
-        except gk.KernelsUnavailable as exc:
-            assert "not available on this CPU" in str(exc)
-            pytest.skip(f"{isa} not supported by this CPU")
-        assert gk.isa() == isa
+    with forced_isa(isa, monkeypatch):
         rng = np.random.default_rng(11)
         c, o = 8, 128
         x = rng.standard_normal((2, c, *hw)).astype(np.float32)
@@ -73,9 +66,6 @@ def test_large_conv_output_streamed(fmt, block, hw, isa, monkeypatch):
         w64 = cw[:, :, 0, 0].astype(np.float64)
         want = np.einsum("oc,bchw->bohw", w64, x) + bias[None, :, None, None] + r
         assert_close(got, np.maximum(want, 0.0))
-    finally:
-        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
-        gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))  # the best
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
@@ -84,14 +74,7 @@ def test_large_conv_output_streamed(fmt, block, hw, isa, monkeypatch):
 def test_large_matmul_output_streamed(fmt, block, n, isa, monkeypatch):
     """MatMul with Y of >= 16 MiB: the transposed tiles go out with streaming stores where a row
     of Y is vector-aligned, the partial last chunk and last tile as usual."""
-    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
-    try:
-        try:
-            gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))
-        except gk.KernelsUnavailable as exc:
-            assert "not available on this CPU" in str(exc)
-            pytest.skip(f"{isa} not supported by this CPU")
-        assert gk.isa() == isa
+    with forced_isa(isa, monkeypatch):
         rng = np.random.default_rng(12)
         rows, k = 2100, 24
         assert rows * n * 4 >= 16 << 20
@@ -101,9 +84,6 @@ def test_large_matmul_output_streamed(fmt, block, n, isa, monkeypatch):
         node, inits = gk.make_sparse_matmul_node(w, "X", "Y", residual="R", **fmt_kwargs(fmt, block))
         got = run_sparse(node, inits, {"X": x, "R": r}, 2)
         assert_close(got, x.astype(np.float64) @ w.astype(np.float64) + r)
-    finally:
-        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
-        gk.session(gk.make_sparse_matmul_model(np.eye(4, dtype=np.float32), format="csr"))  # the best
 
 
 @pytest.mark.parametrize("rows", [1, 37])  # the small-M row path and the vectorised tiles

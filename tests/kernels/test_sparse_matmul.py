@@ -15,7 +15,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphprune import kernels as gk
-from kernels_testlib import FORMAT_IDS, FORMATS, assert_close, masked, reference, sparse_model
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, forced_isa, masked, reference,
+                             sparse_model)
 
 SHAPES = [(37, 29), (64, 48), (130, 67)]   # K, N: odd and not multiples of any block
 ROWS = (1, 2, 3, 7, 16, 64, 130)           # M: covers the row path, half and full vectors, tails
@@ -127,24 +128,15 @@ def test_large_k_panels(library, fmt, block):
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_code_path(library, isa, monkeypatch):
     """The ISA copies give the same results (each one this CPU can run)."""
-    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa)
     rng = np.random.default_rng(5)
-    try:
+    with forced_isa(isa, monkeypatch):
         for fmt, block in FORMATS:
             w = masked(rng.standard_normal((130, 67)).astype(np.float32), fmt, block)
             bias = rng.standard_normal(67).astype(np.float32)
-            try:
-                sess = gk.session(sparse_model(w, fmt, block, bias=bias, activation="gelu"), threads=2)
-            except gk.KernelsUnavailable as exc:
-                assert "not available on this CPU" in str(exc)
-                pytest.skip(f"{isa} not supported by this CPU")
-            assert gk.isa() == isa
+            sess = gk.session(sparse_model(w, fmt, block, bias=bias, activation="gelu"), threads=2)
             for m in (1, 3, 7, 16, 33, 130):
                 x = rng.standard_normal((m, 130)).astype(np.float32)
                 assert_close(sess.run(None, {"X": x})[0], reference(x, w, bias, "gelu"))
-    finally:
-        monkeypatch.delenv("GRAPHPRUNE_KERNELS_ISA")
-        gk.session(sparse_model(np.eye(4, dtype=np.float32), "csr", (1, 1)))  # back to the best
 
 
 def test_int64_indices_and_runtime_weights(library):

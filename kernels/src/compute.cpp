@@ -14,7 +14,7 @@
 #include "sparse_matmul.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>  // masked tails in kernels_body.inc (AVX2 and AVX-512 copies only)
+#include <immintrin.h>  // kernels_body.inc: masked loads/stores, streaming stores (AVX2, AVX-512)
 #endif
 
 namespace graphprune {
@@ -46,8 +46,9 @@ constexpr int64_t kChunkGroup = 4;
 constexpr int64_t kChunkTasksMin = 32;
 // Outputs of at least this size (chunk tasks: convs, and MatMul with many rows) are written with
 // streaming stores (AVX-512, AVX2), which skip reading Y's lines into cache before overwriting
-// them: an output this large is evicted before the next layer reads it anyway. ResNet-50 at batch 16, 90 % 1x4 (2 threads, A/B by hand):
-// 64->256 1x1 on 56x56 2.88 -> 1.44 ms; whole model 125.8 -> 113-120 ms with 8 or 24 MiB.
+// them: an output this large is evicted before the next layer reads it anyway. ResNet-50 at
+// batch 16, 90 % 1x4, 2 threads (A/B by hand): 64->256 1x1 on 56x56 2.88 -> 1.44 ms; whole model
+// 125.8 -> 113-120 ms with a threshold of 8 or 24 MiB.
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 // 4x1 / 8x1 MatMul: interleaved one-vector chunks up to this size (see sparse_matmul).
 constexpr int64_t kInterleaveChunkBytes = 64 * 1024;
@@ -74,7 +75,7 @@ struct XTJob {
   int64_t nranges = 1;
   bool panels = false;  // K panel by K panel (w->npanels > 1)
   bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
-  bool stream = false;      // chunk tasks, channel/conv layouts: streaming stores into Y
+  bool stream = false;      // chunk tasks: streaming stores into Y (kStreamBytes)
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {

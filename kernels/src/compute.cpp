@@ -41,9 +41,9 @@ constexpr int64_t kMinSliceRows = 64;  // K rows per pack slice, at least
 // From this many chunks on, a task packs and multiplies whole chunks (see sparse_matmul).
 constexpr int64_t kChunkTaskMin = 8;
 // Chunk tasks take up to kChunkGroup consecutive chunks each (the next one's input is prefetched
-// while one is multiplied), keeping at least kChunkTasksMin tasks for the threads to share.
+// while one is multiplied), keeping at least kChunkGroupMinTasks tasks for the threads to share.
 constexpr int64_t kChunkGroup = 4;
-constexpr int64_t kChunkTasksMin = 32;
+constexpr int64_t kChunkGroupMinTasks = 32;
 // Outputs of at least this size (chunk tasks: convs, and MatMul with many rows) are written with
 // streaming stores (AVX-512, AVX2), which skip reading Y's lines into cache before overwriting
 // them: an output this large is evicted before the next layer reads it anyway. ResNet-50 at
@@ -334,7 +334,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // 16 a ResNet-50 activation is 51 MB.
   if (job.nchunks >= kChunkTaskMin) {
     split_columns(w, 1, &job, &ranges);
-    job.group = std::max<int64_t>(1, std::min(kChunkGroup, job.nchunks / kChunkTasksMin));
+    job.group = std::max<int64_t>(1, std::min(kChunkGroup, job.nchunks / kChunkGroupMinTasks));
     job.stream = M * N * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
     const int64_t ntasks = (job.nchunks + job.group - 1) / job.group;
     run_tasks(par, static_cast<size_t>(ntasks), isa.chunk, &job);

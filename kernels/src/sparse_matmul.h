@@ -57,6 +57,20 @@ constexpr int64_t kPanelRows = 512;
 // Floats of zeros after PackedWeight::vals (a vector read from the last block stays inside).
 constexpr size_t kValsTailPad = 16;
 
+// 4x1 / 8x1 blocks (bc == 1) once more, for the outer-product path (one vector of rows, see
+// sparse_matmul): tile by tile of tile_cols output columns, the tile's blocks block row by
+// block row ("groups": the blocks of one k0).
+struct OuterLayout {
+  int64_t tile_cols = 0;
+  std::vector<int64_t> tile_ptr;    // ntiles + 1 offsets into the groups
+  AlignedVector<int32_t> group_k0;  // first k of each group
+  std::vector<int64_t> group_ptr;   // ngroups + 1 offsets into col / vals
+  AlignedVector<int32_t> col;       // output column of each block, relative to its tile
+  AlignedVector<float> vals;        // [nnzb][br]
+  bool empty() const { return tile_ptr.empty(); }
+  int64_t ntiles() const { return static_cast<int64_t>(tile_ptr.size()) - 1; }
+};
+
 struct PackedWeight {
   int64_t K = 0, N = 0;
   int br = 1, bc = 1;
@@ -69,6 +83,7 @@ struct PackedWeight {
   // of column j with k0 >= p * kPanelRows (p = npanels: the column's end).
   int64_t npanels = 1;
   std::vector<int64_t> panel_ptr;
+  OuterLayout outer;              // bsr 4x1 / 8x1 only
   int64_t nnzb() const { return static_cast<int64_t>(k0.size()); }
 };
 

@@ -9,6 +9,7 @@ relative to the output's scale for entries that cancel to about zero).
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper
 
 from graphprune import kernels as gk
 from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, forced_isa, masked, reference,
-                             sparse_model)
+                             run_sparse, sparse_model)
 
 SHAPES = [(37, 29), (64, 48), (130, 67)]   # K, N: odd and not multiples of any block
 ROWS = (1, 2, 3, 7, 16, 64, 130)           # M: covers the row path, half and full vectors, tails
@@ -137,6 +138,33 @@ def test_every_code_path(library, isa, monkeypatch):
             for m in (1, 3, 7, 16, 33, 130):
                 x = rng.standard_normal((m, 130)).astype(np.float32)
                 assert_close(sess.run(None, {"X": x})[0], reference(x, w, bias, "gelu"))
+
+
+erf = np.vectorize(math.erf)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("block", [(4, 1), (8, 1)], ids=["4x1", "8x1"])
+def test_column_blocks_outer_products(library, block, isa, monkeypatch):
+    """4x1 / 8x1 with up to one vector of rows take the outer-product path, tile of output
+    columns by tile (128 to 512 columns a tile): several tiles, a last partial one, a tile
+    with no block at all, K not a multiple of the block, bias + residual + gelu, 1 and 2
+    threads, every M from the row path's end to past one vector."""
+    rng = np.random.default_rng(17)
+    k, n = 130, 1100  # 8 tiles of 144 columns, the last one 92 wide
+    w = masked(rng.standard_normal((k, n)).astype(np.float32), "bsr", block, sparsity=0.8)
+    w[:, 144:288] = 0.0  # the second tile is empty
+    bias = rng.standard_normal(n).astype(np.float32)
+    with forced_isa(isa, monkeypatch):
+        node, inits = gk.make_sparse_matmul_node(w, "X", "Y", format="bsr", block=block,
+                                                 bias=bias, activation="gelu", residual="R")
+        for threads in (1, 2):
+            for m in range(3, 18):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                r = rng.standard_normal((m, n)).astype(np.float32)
+                got = run_sparse(node, inits, {"X": x, "R": r}, threads)
+                pre = reference(x, w, bias) + r
+                assert_close(got, 0.5 * pre * (1.0 + erf(pre / math.sqrt(2.0))))
 
 
 def test_int64_indices_and_runtime_weights(library):

@@ -330,7 +330,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // x2.2-2.7 -> x3.0-3.7; 3072x768: x3.5 -> x3.0, so not there).
   const bool interleave = p.layout == Layout::kRows && w.bc == 1 && (w.br == 4 || w.br == 8) &&
                           w.br <= vl &&
-                          (w.Kp * vl * static_cast<int64_t>(sizeof(float)) <= kInterleaveChunkBytes);
+                          w.Kp * vl * static_cast<int64_t>(sizeof(float)) <= kInterleaveChunkBytes;
   if (interleave) nv = 1;
   const int64_t mb = nv * vl;
 

@@ -84,16 +84,16 @@ void build_outer(const float* values, IndexView indices, IndexView row_ptr,
   const int64_t T = std::clamp<int64_t>((w->N + 8 * 16 - 1) / (8 * 16) * 16, 128, 512);
   o.tile_cols = T;
   const int64_t ntiles = (w->N + T - 1) / T;
-  // Blocks per tile, and per (tile, block row) to know the groups.
-  std::vector<int64_t> tile_blocks(static_cast<size_t>(ntiles) + 1, 0);
+  // Blocks before each tile (counting sort by tile).
+  std::vector<int64_t> start(static_cast<size_t>(ntiles) + 1, 0);
   for (size_t b = 0; b < indices.size; ++b)
-    if (keep[b]) ++tile_blocks[static_cast<size_t>(indices[b] / T) + 1];
-  for (int64_t t = 0; t < ntiles; ++t) tile_blocks[static_cast<size_t>(t) + 1] += tile_blocks[static_cast<size_t>(t)];
-  const int64_t kept = tile_blocks.back();
-  o.col.resize(static_cast<size_t>(kept));
-  o.vals.resize(static_cast<size_t>(kept) * br);
-  std::vector<int64_t> block_row(static_cast<size_t>(kept));
-  std::vector<int64_t> fill(tile_blocks.begin(), tile_blocks.end() - 1);
+    if (keep[b]) ++start[static_cast<size_t>(indices[b] / T) + 1];
+  for (size_t t = 0; t < static_cast<size_t>(ntiles); ++t) start[t + 1] += start[t];
+  const size_t kept = static_cast<size_t>(start.back());
+  o.col.resize(kept);
+  o.vals.resize(kept * static_cast<size_t>(br));
+  std::vector<int64_t> block_row(kept);  // of each block, in the new order
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
   for (int64_t i = 0; i < Kb; ++i) {
     for (int64_t b = row_ptr[static_cast<size_t>(i)]; b < row_ptr[static_cast<size_t>(i) + 1]; ++b) {
       if (!keep[static_cast<size_t>(b)]) continue;
@@ -104,18 +104,18 @@ void build_outer(const float* values, IndexView indices, IndexView row_ptr,
       std::copy(values + b * br, values + (b + 1) * br, o.vals.begin() + static_cast<int64_t>(d) * br);
     }
   }
+  // Groups: runs of one block row within a tile.
   o.tile_ptr.assign(1, 0);
   o.group_ptr.assign(1, 0);
   o.group_k0.clear();
-  for (int64_t t = 0; t < ntiles; ++t) {
-    for (int64_t d = tile_blocks[static_cast<size_t>(t)]; d < tile_blocks[static_cast<size_t>(t) + 1]; ++d) {
-      if (d == tile_blocks[static_cast<size_t>(t)] || block_row[static_cast<size_t>(d)] != block_row[static_cast<size_t>(d) - 1]) {
-        if (d != tile_blocks[static_cast<size_t>(t)]) o.group_ptr.push_back(d);
-        o.group_k0.push_back(static_cast<int32_t>(block_row[static_cast<size_t>(d)] * br));
-      }
+  for (size_t t = 0; t < static_cast<size_t>(ntiles); ++t) {
+    const size_t first = static_cast<size_t>(start[t]), end = static_cast<size_t>(start[t + 1]);
+    for (size_t d = first; d < end; ++d) {
+      if (d > first && block_row[d] == block_row[d - 1]) continue;
+      if (d > first) o.group_ptr.push_back(static_cast<int64_t>(d));  // the previous group ends
+      o.group_k0.push_back(static_cast<int32_t>(block_row[d] * br));
     }
-    if (tile_blocks[static_cast<size_t>(t) + 1] > tile_blocks[static_cast<size_t>(t)])
-      o.group_ptr.push_back(tile_blocks[static_cast<size_t>(t) + 1]);
+    if (end > first) o.group_ptr.push_back(static_cast<int64_t>(end));
     o.tile_ptr.push_back(static_cast<int64_t>(o.group_k0.size()));
   }
 }

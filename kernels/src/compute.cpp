@@ -295,28 +295,6 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     return;
   }
 
-  // 4x1 / 8x1 MatMul with one vector of rows: outer products, tile of output columns by tile
-  // (see outer_tile). By hand on Zen 5, one thread, 90 %, 768x3072: 8x1 at M = 3..16 on AVX2
-  // and AVX-512 46-63 us against 54-127 us for the column path; 4x1 only gains with 16-float
-  // vectors (M = 16: 78 against 92 us; with 8 floats 79 against 52-59 us).
-  const int64_t outer_vl = isa.vl_half && p.M <= isa.vl_half ? isa.vl_half : isa.vl;
-  if (p.layout == Layout::kRows && !w.outer.empty() && p.M <= isa.vl &&
-      (w.br == 8 || outer_vl >= 16)) {
-    XTJob job;
-    job.w = &w;
-    job.p = &p;
-    job.vl = static_cast<int>(outer_vl);
-    job.nv = 1;
-    job.mb = job.vl;
-    job.nchunks = 1;
-    const size_t need = static_cast<size_t>(Kp * job.mb);
-    if (scratch->size() < need) scratch->resize(need);
-    job.xt = scratch->data();
-    isa.pack(&job, 0);
-    run_tasks(par, static_cast<size_t>(w.outer.ntiles()), isa.outer, &job);
-    return;
-  }
-
   // Vectorised over rows of X (over spatial positions for the channel layout).
   const int64_t rows = p.layout == Layout::kRows ? p.M : p.P;
   int vl = isa.vl;
@@ -324,12 +302,18 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   int64_t nv = (rows + vl - 1) / vl;
   nv = nv >= 3 ? 4 : nv;
   if (w.bc == 4) nv = std::min<int64_t>(nv, isa.nv_max_bc4);
+  // 4x1 / 8x1 MatMul with one vector of rows: outer products, tile of output columns by tile
+  // (see outer_tile). By hand on Zen 5, one thread, 90 %, 768x3072: 8x1 at M = 3..16 on AVX2
+  // and AVX-512 46-63 us against 54-127 us for the column path; 4x1 only gains with 16-float
+  // vectors (M = 16: 78 against 92 us; with 8 floats 79 against 52-59 us).
+  const bool outer = p.layout == Layout::kRows && !w.outer.empty() && rows <= vl &&
+                     (w.br == 8 || vl >= 16);
   // Column blocks (4x1, 8x1) of MatMul: chunks of one vector of rows, interleaved (one weight
   // load per block), where such a chunk stays near L1. With a larger K the weights, streamed
   // once per chunk, cost more than that saves (measured on Zen 5: 768x768 at M = 128, 90 %:
   // x2.2-2.7 -> x3.0-3.7; 3072x768: x3.5 -> x3.0, so not there).
-  const bool interleave = p.layout == Layout::kRows && w.bc == 1 && (w.br == 4 || w.br == 8) &&
-                          w.br <= vl &&
+  const bool interleave = !outer && p.layout == Layout::kRows && w.bc == 1 &&
+                          (w.br == 4 || w.br == 8) && w.br <= vl &&
                           w.Kp * vl * static_cast<int64_t>(sizeof(float)) <= kInterleaveChunkBytes;
   if (interleave) nv = 1;
   const int64_t mb = nv * vl;
@@ -378,6 +362,11 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   const size_t need = static_cast<size_t>(per_wave * chunk_floats);
   if (scratch->size() < need) scratch->resize(need);
   job.xt = scratch->data();
+  if (outer) {  // the one chunk, then the tiles of output columns
+    isa.pack(&job, 0);
+    run_tasks(par, static_cast<size_t>(w.outer.ntiles()), isa.outer, &job);
+    return;
+  }
 
   const int64_t padded_rows = per_wave * mb;
   const bool pack_parallel = padded_rows * K >= 4 * kTaskWork;

@@ -74,6 +74,7 @@ struct XTJob {
   bool panels = false;  // K panel by K panel (w->npanels > 1)
   bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
   bool stream = false;      // chunk tasks: streaming stores into Y (kStreamBytes)
+  int64_t prefetch_end = 0;  // chunk tasks: the input of chunks below it may be prefetched
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {

@@ -15,22 +15,27 @@ from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, mask
 pytestmark = pytest.mark.usefixtures("library")
 
 
-# (C, O, kernel, pads, batch, H, W): pixels far beyond 8 chunks; C*kh*kw = 1800 > 384 KiB of
-# packed chunk at 64 pixels, so the last one also runs K panel by panel.
-CONVS = {"1x1": (24, 19, (1, 1), (0, 0, 0, 0), 2, 33, 31),
-         "3x3": (7, 10, (3, 3), (1, 1, 1, 1), 3, 25, 27),
-         "3x3-panels": (200, 9, (3, 3), (1, 1, 1, 1), 1, 30, 29)}
+# (C, O, kernel, pads, strides, batch, H, W): pixels far beyond 8 chunks; C*kh*kw = 1800 > 384
+# KiB of packed chunk at 64 pixels, so "3x3-panels" also runs K panel by panel. im2col prefetches
+# its input channel block by channel block ahead, into the next chunk near a chunk's end; with
+# 7 channels (fewer than that distance) the next chunk whole.
+CONVS = {"1x1": (24, 19, (1, 1), (0, 0, 0, 0), (1, 1), 2, 33, 31),
+         "3x3": (7, 10, (3, 3), (1, 1, 1, 1), (1, 1), 3, 25, 27),
+         "3x3-panels": (200, 9, (3, 3), (1, 1, 1, 1), (1, 1), 1, 30, 29),
+         "3x3-stride2": (37, 11, (3, 3), (1, 0, 1, 1), (2, 2), 3, 45, 47)}
 
 
 @pytest.mark.parametrize("conv", sorted(CONVS))
 @pytest.mark.parametrize("fmt,block", FORMATS, ids=FORMAT_IDS)
 def test_conv_of_many_chunks(fmt, block, conv):
-    c, o, kernel, pads, batch, h, w = CONVS[conv]
+    c, o, kernel, pads, strides, batch, h, w = CONVS[conv]
     rng = np.random.default_rng(11)
     cw = masked_conv_weight(rng, o, c, kernel, fmt, block)
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
-    r = rng.standard_normal((batch, o, h, w)).astype(np.float32)
-    attrs = {"kernel_shape": list(kernel), "pads": list(pads)}
+    ho = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    r = rng.standard_normal((batch, o, ho, wo)).astype(np.float32)
+    attrs = {"kernel_shape": list(kernel), "pads": list(pads), "strides": list(strides)}
     node, inits = gk.make_sparse_conv_node(cw, "X", "Y", residual="R", **attrs,
                                            **fmt_kwargs(fmt, block))
     want = run_dense([helper.make_node("Conv", ["X", "W"], ["Z"], **attrs),

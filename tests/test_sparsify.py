@@ -106,6 +106,59 @@ def test_candidates_fuse_bias_and_activation():
     assert fc3.activation == "none" and fc3.output == "y"
 
 
+def _erf_gelu_mlp(half_first: bool, extra_user: bool = False) -> onnx.ModelProto:
+    """MatMul + Add + gelu written out with Erf, as exporters below opset 20 write it: either
+    (x * (1 + erf(x / sqrt 2))) * 0.5 or (x * 0.5) * (1 + erf(x * (1 / sqrt 2))).
+    `extra_user`: the MatMul output also feeds the graph's second output (not fusible)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((40, 64)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(2 ** 0.5, np.float32), "sqrt2"),
+             numpy_helper.from_array(np.array(2 ** -0.5, np.float32), "inv_sqrt2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "b"], ["hb"], name="fc.bias")]
+    if half_first:
+        nodes += [helper.make_node("Mul", ["hb", "inv_sqrt2"], ["s"]),
+                  helper.make_node("Erf", ["s"], ["e"]),
+                  helper.make_node("Add", ["one", "e"], ["e1"]),
+                  helper.make_node("Mul", ["half", "hb"], ["xh"]),
+                  helper.make_node("Mul", ["e1", "xh"], ["y"])]
+    else:
+        nodes += [helper.make_node("Div", ["hb", "sqrt2"], ["s"]),
+                  helper.make_node("Erf", ["s"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["e1"]),
+                  helper.make_node("Mul", ["hb", "e1"], ["xe"]),
+                  helper.make_node("Mul", ["xe", "half"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 64])]
+    if extra_user:
+        nodes.append(helper.make_node("Identity", ["s"], ["scaled"]))
+        outputs.append(helper.make_tensor_value_info("scaled", TensorProto.FLOAT,
+                                                     ["batch", 5, 64]))
+    graph = helper.make_graph(nodes, "erf_gelu", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", 5, 40])], outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("half_first", [False, True], ids=["half-last", "half-first"])
+def test_erf_gelu_is_fused_and_computes_the_same(half_first):
+    model = _erf_gelu_mlp(half_first)
+    (cand,), _ = find_candidates(_canonical(model))
+    assert cand.activation == "gelu" and cand.output == "y" and cand.bias is not None
+    assert [n.op_type for n in cand.absorbed] == ["Add", "Mul" if half_first else "Div", "Erf",
+                                                  "Add", "Mul", "Mul"]
+    config = SparsifyConfig(sparsity=0.8, pattern="unstructured", measure=False)
+    result, _ = _sparsify_and_compare(model, config, batches=(1, 3))
+    assert [n.op_type for n in result.graph.nodes] == ["SparseMatMul"]
+
+
+def test_erf_gelu_with_a_shared_inner_tensor_stays_unfused():
+    """The scaled input also leaves the graph: the erf nodes must stay, so only the bias fuses."""
+    (cand,), _ = find_candidates(_canonical(_erf_gelu_mlp(False, extra_user=True)))
+    assert cand.activation == "none" and cand.output == "hb"
+
+
 def test_grouped_conv_is_not_a_candidate_and_says_why():
     graph = _canonical(BLOCKS["mobilenet_v2"](0))
     _, ineligible = find_candidates(graph)

@@ -167,6 +167,26 @@ def test_column_blocks_outer_products(library, block, isa, monkeypatch):
                 assert_close(got, 0.5 * pre * (1.0 + erf(pre / math.sqrt(2.0))))
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_gelu_over_the_whole_float_range(library, isa, monkeypatch):
+    """The fused gelu from -60 to 60 (through an identity weight, so the pre-activations are
+    exactly x): within 1e-4 relative of x/2 erfc(-x/sqrt 2) (erfc: no cancellation in the
+    negative tail) down to 1e-30, and below 1e-30 in the far negative tail, where the kernel
+    clamps erfc's argument so that exp(-z^2) never turns denormal. Rows: the scalar row path
+    and whole vectors."""
+    x = np.linspace(-60.0, 60.0, 7 * 64, dtype=np.float32).reshape(7, 64)
+    w = np.eye(64, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    want = 0.5 * x64 * np.vectorize(math.erfc)(-x64 / math.sqrt(2.0))
+    with forced_isa(isa, monkeypatch):
+        sess = gk.session(sparse_model(w, "csr", (1, 1), activation="gelu"), threads=2)
+        for rows in (1, 3, 7):
+            got = sess.run(None, {"X": x[:rows]})[0].astype(np.float64)
+            tiny = np.abs(want[:rows]) < 1e-30
+            assert np.all(np.abs(got[tiny]) < 1e-30)
+            np.testing.assert_allclose(got[~tiny], want[:rows][~tiny], rtol=1e-4)
+
+
 def test_int64_indices_and_runtime_weights(library):
     """int64 indices; weights fed as graph inputs (packed on every run, not at load)."""
     rng = np.random.default_rng(9)

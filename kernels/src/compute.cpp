@@ -112,6 +112,7 @@ float* thread_scratch(size_t n) {
 }
 float* task_buffer(size_t n) { return thread_scratch<0>(n); }
 float* chunk_buffer(size_t n) { return thread_scratch<1>(n); }
+float* phase_buffer(size_t n) { return thread_scratch<2>(n); }  // stride-2 im2col (kernels_body)
 
 namespace isa_generic {
 #define GP_VL 4

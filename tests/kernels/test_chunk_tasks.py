@@ -18,11 +18,13 @@ pytestmark = pytest.mark.usefixtures("library")
 # (C, O, kernel, pads, strides, batch, H, W): pixels far beyond 8 chunks; C*kh*kw = 1800 > 384
 # KiB of packed chunk at 64 pixels, so "3x3-panels" also runs K panel by panel. im2col prefetches
 # its input channel block by channel block ahead, into the next chunk near a chunk's end; with
-# 7 channels (fewer than that distance) the next chunk whole.
+# 7 channels (fewer than that distance) the next chunk whole. An even width (W = 2 Wo) takes the
+# stride-2 phase im2col.
 CONVS = {"1x1": (24, 19, (1, 1), (0, 0, 0, 0), (1, 1), 2, 33, 31),
          "3x3": (7, 10, (3, 3), (1, 1, 1, 1), (1, 1), 3, 25, 27),
          "3x3-panels": (200, 9, (3, 3), (1, 1, 1, 1), (1, 1), 1, 30, 29),
-         "3x3-stride2": (37, 11, (3, 3), (1, 0, 1, 1), (2, 2), 3, 45, 47)}
+         "3x3-stride2": (37, 11, (3, 3), (1, 0, 1, 1), (2, 2), 3, 45, 47),
+         "3x3-stride2-even": (37, 11, (3, 3), (1, 1, 1, 1), (2, 2), 3, 45, 46)}
 
 
 @pytest.mark.parametrize("conv", sorted(CONVS))

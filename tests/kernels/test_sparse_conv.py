@@ -32,6 +32,14 @@ CONFIGS = {
     # only, and a kernel wider than the image
     "3x3-same-asym": (6, 9, (3, 3), (1, 1), (0, 2, 2, 0), (1, 1), 12, 21),
     "1x5-wider": (4, 6, (1, 5), (1, 1), (0, 2, 0, 2), (1, 1), 7, 3),
+    # stride 2 with an even width W = 2 Wo (the kernels' phase im2col: even and odd columns
+    # apart): ResNet's 3x3 pad 1 and 7x7 pad 3, a pad on one side only, an odd height, a
+    # dilated 3x3 (every tap in one column phase); its 1x1 downsample keeps the run path
+    "3x3s2-even": (6, 9, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 12, 14),
+    "7x7s2-even": (3, 10, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 17, 18),
+    "1x1s2-even": (9, 7, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 10, 12),
+    "3x3s2-asym": (5, 6, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 11, 16),
+    "3x3s2d2": (4, 5, (3, 3), (2, 2), (2, 2, 2, 2), (2, 2), 9, 10),
 }
 
 

@@ -323,9 +323,10 @@ def _sole_consumer(graph: Graph, tensor: str, outputs: set[str]) -> onnx.NodePro
 def _erf_gelu(graph: Graph, x: str, outputs: set[str]) -> list[onnx.NodeProto] | None:
     """The nodes of gelu(x) = x * 0.5 * (1 + erf(x / sqrt 2)) as exporters below opset 20 write
     it (PyTorch: Div, Erf, Add, Mul, Mul; 0.5 applied first or last, x / sqrt 2 as a Mul by
-    1 / sqrt 2 too), last node last; None unless every inner tensor has one consumer. ONNX
-    Runtime fuses the same nodes into its own Gelu, which then reads and writes the whole
-    MatMul output once more (BERT-base at batch 16: 12 of them, about 20 ms)."""
+    1 / sqrt 2 too), last node last; None unless every inner tensor has one consumer. Left
+    alone, ONNX Runtime fuses them into its own Gelu after the sparse op (BERT-base at batch
+    16: 12 of them, about 20 ms); fused, the op's epilogue does that work in about the same
+    time (measured even), with 60 fewer nodes in the file."""
     users = graph.consumers(x)
     if x in outputs or len(users) != 2:
         return None

@@ -1,4 +1,4 @@
-"""The transformer zoo's exports load and run in onnxruntime.
+"""The transformer zoo's exports load and run in onnxruntime (and sparsify: its Gelu forms fuse).
 
 Slow when the cache ($GRAPHPRUNE_ZOO_CACHE or ~/.cache/graphprune/zoo) is empty: each case
 then exports its model, which needs torch, transformers and onnxscript (and, for minilm, the
@@ -115,3 +115,40 @@ def test_minilm_embeddings_are_meaningful():
     sim = emb @ emb.T
     assert sim[0, 1] > 0.6
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[0, 3] + 0.3
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["bert", "vit"])
+def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
+    """The sparsity pass on real exports: the legacy exporter writes Gelu as Div, Erf, Add,
+    Mul, Mul (opset 17), the dynamo one as a Gelu node (opset 20). Either way each MLP's first
+    MatMul takes its Gelu into the sparse op (no Erf or Gelu node is left), and the sparse model
+    computes what the same weights masked in the dense model compute."""
+    import graphprune
+    from graphprune import kernels
+    from graphprune.api import canonicalize, load_graph
+    from graphprune.sparsity import SparsifyConfig, masked_reference
+
+    try:
+        kernels.library_path()
+    except kernels.KernelsUnavailable as exc:
+        pytest.skip(f"kernel library unavailable here: {exc}")
+    path = _path(name, exporter)
+    config = SparsifyConfig(sparsity=0.8, pattern="unstructured", measure=False)
+    result = graphprune.prune(str(path), ratio=0.0, sparse=config, verify=False)
+    acts = [onnx.helper.get_attribute_value(a) for n in result.model.graph.node
+            if n.op_type == "SparseMatMul" for a in n.attribute if a.name == "activation"]
+    assert acts.count(b"gelu") == 4  # one per layer
+    ops = tz.op_histogram(result.model)
+    assert ops.get("Erf", 0) == 0 and ops.get("Gelu", 0) == 0
+    _, reference = load_graph(onnx.load(str(path)))
+    canonicalize(reference)
+    masked_reference(reference, result.report.sparsity, config)
+    feeds = tz.model_inputs(name, batch=2, seed=7)
+    sparse = kernels.session(result.model, threads=2)
+    dense = ort.InferenceSession(reference.to_model().SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    names = [i.name for i in sparse.get_inputs()]
+    got = sparse.run(["last_hidden_state"], {k: feeds[k] for k in names})[0]
+    want = dense.run(["last_hidden_state"], {k: feeds[k] for k in names})[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -131,6 +131,7 @@ class SparsityReport:
     ineligible: dict[str, str] = field(default_factory=dict)  # node -> why not a candidate
     model_dense_ms: float | None = None  # the whole model, at the timing shapes
     model_sparse_ms: float | None = None
+    chained: list[list[str]] = field(default_factory=list)  # [first, pointwise] node pairs
 
     @property
     def rewritten(self) -> list[NodeDecision]:
@@ -163,6 +164,9 @@ class SparsityReport:
             lines.append(f"  whole model: {self.model_dense_ms:.2f} ms dense -> "
                          f"{self.model_sparse_ms:.2f} ms with the sparse ops "
                          f"(x{self.model_sparse_ms / self.model_dense_ms:.2f})")
+        if self.chained:
+            lines.append(f"  {len(self.chained)} pointwise convs fused onto the conv before "
+                         f"them (SparseConvChain)")
         kept = [d for d in self.nodes if d.decision == "dense"]
         reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
         for d in kept:
@@ -189,6 +193,9 @@ class SparsifyConfig:
     use_cache: bool = True
     criterion: str = "magnitude"  # or "activation": |W|·‖X‖ over calibration data
     model_check: bool = True  # with measure: time the whole model too, back off if not faster
+    # Fuse each pointwise sparse conv onto the sparse conv whose output it reads
+    # (SparseConvChain): the output is multiplied again while in cache, not read back.
+    chain: bool = True
 
 
 CRITERIA = ("magnitude", "activation")
@@ -497,6 +504,8 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
     if cost is not None and config.model_check and rewrites:
         rewrites = _check_whole_model(graph, rewrites, report, config, say)
     _rewrite(graph, rewrites)
+    if config.chain:
+        report.chained = chain_pointwise(graph)
     return report
 
 
@@ -652,7 +661,7 @@ def _shape_text(cand: Candidate, x_shape: tuple | None = None) -> str:
 
 
 def _rewrite(graph: Graph, rewrites) -> None:
-    from .kernels import DOMAIN, OPSET_VERSION, how_to_load
+    from .kernels import DOMAIN, OPSET_VERSION
 
     if not rewrites:
         return
@@ -667,15 +676,56 @@ def _rewrite(graph: Graph, rewrites) -> None:
             graph.weights[t.name] = numpy_helper.to_array(t)
     if not any(o.domain == DOMAIN for o in graph.model.opset_import):
         graph.model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
-    # Said in the file too, for whoever opens it without graphprune (Netron shows it).
-    ops = sorted({node.op_type for _, node, _ in rewrites})
+    _note_library(graph)
+    graph.reindex()
+    for name in [n for n in graph.weights if not graph._used(n)]:
+        del graph.weights[name]
+
+
+def chain_pointwise(graph: Graph) -> list[list[str]]:
+    """Fuses each pointwise SparseConv onto the SparseConv whose output it reads (one per
+    producer, in graph order): the SparseConvChain node takes the producer's place and writes
+    both outputs. In a ResNet bottleneck that is each block's last 1x1 conv (with its shortcut)
+    and the next block's first one, which otherwise reads the whole activation back from
+    memory at large batches. Returns the fused [first, second] node-name pairs."""
+    from .kernels import DOMAIN, chain_blocker, make_sparse_conv_chain_node
+
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    fused: dict[int, onnx.NodeProto] = {}  # id(first) -> chain node
+    absorbed: set[int] = set()
+    pairs = []
+    for node in graph.nodes:
+        if id(node) in absorbed or node.domain != DOMAIN or node.op_type != "SparseConv":
+            continue
+        for second in readers.get(node.output[0], []):
+            if id(second) in absorbed or id(second) in fused or second is node:
+                continue
+            if chain_blocker(node, second) is None:
+                name = graph.unique_name(f"{node.name or node.output[0]}.chain")
+                fused[id(node)] = make_sparse_conv_chain_node(node, second, name=name)
+                absorbed.add(id(second))
+                pairs.append([node.name or node.output[0], second.name or second.output[0]])
+                break
+    if not pairs:
+        return []
+    graph.nodes = [fused.get(id(n), n) for n in graph.nodes if id(n) not in absorbed]
+    _note_library(graph)
+    graph.reindex()
+    return pairs
+
+
+def _note_library(graph: Graph) -> None:
+    """Says in the file which operators it needs and how to load them (Netron shows it)."""
+    from .kernels import DOMAIN, how_to_load
+
+    ops = sorted({n.op_type for n in graph.nodes if n.domain == DOMAIN})
     for entry in list(graph.model.metadata_props):
         if entry.key == METADATA_KEY:
             graph.model.metadata_props.remove(entry)
     graph.model.metadata_props.add(key=METADATA_KEY, value=how_to_load(ops))
-    graph.reindex()
-    for name in [n for n in graph.weights if not graph._used(n)]:
-        del graph.weights[name]
 
 
 def uses_sparse_ops(model: onnx.ModelProto | Graph) -> bool:

@@ -196,6 +196,51 @@ def test_resnet_shortcut_add_is_fused_into_the_sparse_conv():
     _sparsify_and_compare(model, SparsifyConfig(sparsity=0.9, pattern="4x1", measure=False))
 
 
+def _conv_then_pointwise(seed=0) -> onnx.ModelProto:
+    """3x3 conv + Relu, then two readers of its output: a 1x1 conv + Relu (the chain) and a
+    graph output; then a second 1x1 conv reading the first 1x1's output."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [helper.make_node("Conv", ["X", "W1", "B1"], ["c1"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["Y"]),
+             helper.make_node("Conv", ["Y", "W2", "B2"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["Z"]),
+             helper.make_node("Conv", ["Z", "W3"], ["V"])]
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 32, 16, 16]),
+         helper.make_tensor_value_info("V", TensorProto.FLOAT, ["N", 16, 16, 16])],
+        initializer=[weight("W1", 32, 8, 3, 3), weight("B1", 32), weight("W2", 24, 32, 1, 1),
+                     weight("B2", 24), weight("W3", 16, 24, 1, 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("pattern", ["4x4", "unstructured"])
+def test_pointwise_conv_is_chained_onto_the_conv_it_reads(pattern):
+    """A pointwise sparse conv joins the sparse conv whose output it reads (SparseConvChain):
+    one chain per producer, so the 3x3 takes the first 1x1 and the second 1x1 stays on its
+    own. The result equals the masked dense model on the fused path (batch 8: many chunks)
+    and the two-pass fallback (batch 1), and chain=False leaves the nodes apart."""
+    model = _conv_then_pointwise()
+    config = SparsifyConfig(sparsity=0.8, pattern=pattern, measure=False)
+    result, _ = _sparsify_and_compare(model, config, batches=(1, 8))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops == ["SparseConvChain", "SparseConv"], ops
+    assert len(result.report.sparsity.chained) == 1
+    assert "fused onto the conv before them" in result.report.sparsity.summary()
+    assert "SparseConvChain" in {p.value for p in result.model.metadata_props}.pop()
+    onnx.checker.check_model(result.model, full_check=True)
+    apart = graphprune.prune(model, ratio=0.0, verify=False, sparse=SparsifyConfig(
+        sparsity=0.8, pattern=pattern, measure=False, chain=False))
+    assert [n.op_type for n in apart.model.graph.node] == ["SparseConv"] * 3
+    assert not apart.report.sparsity.chained
+
+
 @pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
 def test_sparse_attention_block_equals_masked_dense(name):
     config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)

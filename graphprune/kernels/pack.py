@@ -308,6 +308,68 @@ def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optio
                         residual=residual)
 
 
+# Attributes two sparse nodes must share for SparseConvChain (its second weight has the first's
+# format and block shape).
+_FORMAT_ATTRS = ("format", "block_rows", "block_cols", "nm_n", "nm_m")
+_GEOMETRY_ATTRS = ("kernel_shape", "strides", "pads", "dilations")
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def chain_blocker(first, second) -> Optional[str]:
+    """Why ``second`` (a SparseConv) cannot be fused onto ``first`` as a SparseConvChain, or
+    None: ``second`` must be a pointwise SparseConv (1x1, stride 1, no pads, no residual) whose
+    only data input is ``first``'s output, with the same weight format and block shape."""
+    for node in (first, second):
+        if node.domain != DOMAIN or node.op_type != "SparseConv":
+            return f"{node.name or node.output[0]} is not a {DOMAIN}.SparseConv"
+    if second.input[0] != first.output[0]:
+        return "the second does not read the first's output"
+    if len(second.input) > 5 and second.input[5]:
+        return "the second adds a residual"
+    a1, a2 = _attrs(first), _attrs(second)
+    for key in _GEOMETRY_ATTRS:
+        if any(v != (0 if key == "pads" else 1) for v in a2.get(key, [])):
+            return f"the second is not pointwise ({key}={a2[key]})"
+    if any(a1.get(key) != a2.get(key) for key in _FORMAT_ATTRS):
+        return "the two weights have different formats or block shapes"
+    if a2["k"] != a1["n"]:
+        return f"the second's k={a2['k']} is not the first's n={a1['n']}"
+    return None
+
+
+def make_sparse_conv_chain_node(first, second, name: Optional[str] = None):
+    """One ``graphprune.SparseConvChain`` node doing the work of two SparseConv nodes, ``first``
+    and the pointwise ``second`` that reads its output (see :func:`chain_blocker`): outputs
+    ``first``'s and ``second``'s. Each chunk of the first's output is multiplied by the
+    second's weight while it is still in cache, instead of being read back from memory."""
+    from onnx import helper
+
+    why = chain_blocker(first, second)
+    if why is not None:
+        raise ValueError(f"cannot chain these SparseConv nodes: {why}")
+    inputs = list(first.input) + [""] * (6 - len(first.input))
+    weight2 = list(second.input[1:5])  # values, indices, row_ptr, bias
+    inputs += weight2 + [""] * (4 - len(weight2))
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    attrs = _attrs(first)
+    a2 = _attrs(second)
+    attrs["n2"] = a2["n"]
+    act2 = a2.get("activation", b"none")
+    act2 = act2.decode() if isinstance(act2, bytes) else act2
+    if act2 != "none":
+        attrs["activation2"] = act2
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    return helper.make_node("SparseConvChain", inputs, [first.output[0], second.output[0]],
+                            name=name or f"{first.name or first.output[0]}.chain",
+                            domain=DOMAIN, **attrs)
+
+
 def make_sparse_matmul_model(w, *, rows=None, name: str = "sparse_matmul", **kwargs):
     """A one-node model ``Y = SparseMatMul(X)`` with ``X [rows, K]`` (``rows`` None: a symbolic
     dimension), for tests and benchmarks. ``kwargs`` go to :func:`make_sparse_matmul_node`."""

@@ -75,6 +75,10 @@ struct XTJob {
   bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
   bool stream = false;      // chunk tasks: streaming stores into Y (kStreamBytes)
   int64_t prefetch_end = 0;  // chunk tasks: the input of chunks below it may be prefetched
+  // sparse_matmul_chain: the pointwise job run on each finished chunk of Y, and (in a chunk
+  // task) the buffer that store_tile fills with that chunk, in the packed-chunk layout.
+  const XTJob* chain = nullptr;
+  float* chain_xt = nullptr;
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {
@@ -113,6 +117,7 @@ float* thread_scratch(size_t n) {
 float* task_buffer(size_t n) { return thread_scratch<0>(n); }
 float* chunk_buffer(size_t n) { return thread_scratch<1>(n); }
 float* phase_buffer(size_t n) { return thread_scratch<2>(n); }  // stride-2 im2col (kernels_body)
+float* chain_buffer(size_t n) { return thread_scratch<3>(n); }  // sparse_matmul_chain's Y chunk
 
 namespace isa_generic {
 #define GP_VL 4
@@ -248,6 +253,25 @@ void split_columns(const PackedWeight& w, int64_t wanted, XTJob* job, std::vecto
   job->nranges = n;
 }
 
+// Vector width and vectors of rows (pixels) per chunk for `rows` rows.
+void pick_vectors(const Isa& isa, const PackedWeight& w, int64_t rows, int* vl, int64_t* nv) {
+  int v = isa.vl;
+  if (isa.vl_half && rows <= isa.vl_half) v = isa.vl_half;
+  int64_t n = (rows + v - 1) / v;
+  n = n >= 3 ? 4 : n;
+  if (w.bc == 4) n = std::min<int64_t>(n, isa.nv_max_bc4);
+  *vl = v;
+  *nv = n;
+}
+
+// The chunk-task settings shared by sparse_matmul and sparse_matmul_chain: one column range,
+// the chunks per task, streaming stores for a large Y.
+void setup_chunk_tasks(const PackedWeight& w, int64_t M, XTJob* job, std::vector<int64_t>* ranges) {
+  split_columns(w, 1, job, ranges);
+  job->group = std::max<int64_t>(1, std::min(kChunkGroup, job->nchunks / kChunkGroupMinTasks));
+  job->stream = M * w.N * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+}
+
 void run_tasks(Parallel& par, size_t n, void (*fn)(void*, size_t), void* data) {
   if (n == 1) {
     fn(data, 0);
@@ -299,11 +323,9 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
 
   // Vectorised over rows of X (over spatial positions for the channel layout).
   const int64_t rows = p.layout == Layout::kRows ? p.M : p.P;
-  int vl = isa.vl;
-  if (isa.vl_half && rows <= isa.vl_half) vl = isa.vl_half;
-  int64_t nv = (rows + vl - 1) / vl;
-  nv = nv >= 3 ? 4 : nv;
-  if (w.bc == 4) nv = std::min<int64_t>(nv, isa.nv_max_bc4);
+  int vl = 0;
+  int64_t nv = 0;
+  pick_vectors(isa, w, rows, &vl, &nv);
   // 4x1 / 8x1 MatMul with one vector of rows: outer products, tile of output columns by tile
   // (see outer_tile). By hand on Zen 5, one thread, 90 %, 768x3072: 8x1 at M = 3..16 on AVX2
   // and AVX-512 46-63 us against 54-127 us for the column path; 4x1 only gains with 16-float
@@ -340,9 +362,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // MatMul and 1x1 convs, kh*kw times it for im2col) and read it back from memory: at batch
   // 16 a ResNet-50 activation is 51 MB.
   if (job.nchunks >= kChunkTaskMin) {
-    split_columns(w, 1, &job, &ranges);
-    job.group = std::max<int64_t>(1, std::min(kChunkGroup, job.nchunks / kChunkGroupMinTasks));
-    job.stream = M * N * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+    setup_chunk_tasks(w, M, &job, &ranges);
     const int64_t ntasks = (job.nchunks + job.group - 1) / job.group;
     run_tasks(par, static_cast<size_t>(ntasks), isa.chunk, &job);
     return;
@@ -388,6 +408,46 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     }
     run_tasks(par, static_cast<size_t>(nc * nranges), isa.compute, &job);
   }
+}
+
+void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
+                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch) {
+  const Isa& isa = *g_isa.load();
+  int vl = 0, vl2 = 0;
+  int64_t nv = 0, nv2 = 0;
+  pick_vectors(isa, w, p.P, &vl, &nv);
+  pick_vectors(isa, w2, p2.P, &vl2, &nv2);
+  const int64_t mb = vl * nv;
+  const int64_t M = p.batch * p.P;
+  const bool fused = p.layout != Layout::kRows && p2.layout == Layout::kChannels && p2.x == p.y &&
+                     p2.batch == p.batch && p2.P == p.P && w2.K == w.N && vl == vl2 && nv == nv2 &&
+                     M > 0 && w.N > 0 && w2.N > 0 &&
+                     p.batch * ((p.P + mb - 1) / mb) >= kChunkTaskMin;
+  if (!fused) {
+    sparse_matmul(w, p, par, scratch);
+    sparse_matmul(w2, p2, par, scratch);
+    return;
+  }
+  XTJob job, job2;
+  std::vector<int64_t> ranges, ranges2;
+  XTJob* jobs[2] = {&job, &job2};
+  const PackedWeight* ws[2] = {&w, &w2};
+  const Problem* ps[2] = {&p, &p2};
+  for (int i = 0; i < 2; ++i) {
+    XTJob& j = *jobs[i];
+    j.w = ws[i];
+    j.p = ps[i];
+    j.vl = vl;
+    j.nv = static_cast<int>(nv);
+    j.mb = mb;
+    j.chunks_per_image = (p.P + mb - 1) / mb;
+    j.nchunks = p.batch * j.chunks_per_image;
+    j.panels = ws[i]->npanels > 1 && ws[i]->Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
+    setup_chunk_tasks(*ws[i], M, &j, i == 0 ? &ranges : &ranges2);
+  }
+  job.chain = &job2;
+  const int64_t ntasks = (job.nchunks + job.group - 1) / job.group;
+  run_tasks(par, static_cast<size_t>(ntasks), isa.chunk, &job);
 }
 
 }  // namespace graphprune

@@ -6,6 +6,13 @@
 //                (residual: shaped like Y, added before the activation: Conv -> Add -> Relu)
 //                (a convolution, group 1, with W = conv_weight.reshape(N, -1)^T, K = C*kh*kw
 //                ordered (c, i, j); 1x1 / stride 1 / no pads: X[B, K, spatial...] of any rank)
+//   SparseConvChain(X, values, indices, row_ptr?, bias?, residual?, values2, indices2, row_ptr2?,
+//                   bias2?) -> Y, Z   (CPU only)
+//                Y as SparseConv computes it, and Z = act2(1x1 conv of Y with W2 + bias2): a
+//                pointwise SparseConv fused onto the conv whose output it reads, so each chunk
+//                of Y is multiplied by W2 while it is in cache. Attributes: SparseConv's, plus
+//                n2 (int: Z's channels; W2 is [n, n2] in the same format and block shape) and
+//                activation2.
 // Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
 // nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none");
 // SparseConv also kernel_shape, strides, dilations (ints, default 1 each), pads (ints
@@ -48,10 +55,13 @@ using graphprune::ort::TensorView;
 using graphprune::ort::type_name;
 using graphprune::ort::view_tensor;
 using graphprune::ort::kBias;
+using graphprune::ort::kBias2;
 using graphprune::ort::kIndices;
+using graphprune::ort::kNumChainInputs;
 using graphprune::ort::kNumInputs;
 using graphprune::ort::kResidual;
 using graphprune::ort::kRowPtr;
+using graphprune::ort::kValues2;
 using graphprune::ort::kValues;
 using graphprune::ort::kX;
 
@@ -78,6 +88,7 @@ struct OpDef {
   OrtCustomOp op;  // first member: ORT hands back &op
   const char* name;
   bool conv;
+  bool chain;  // SparseConvChain
 };
 
 class OrtParallel : public graphprune::Parallel {
@@ -170,11 +181,17 @@ struct Kernel {
   Activation act = Activation::kNone;
   bool prepacked = false;
   PackedWeight weight;
+  // SparseConvChain: the pointwise conv applied to Y.
+  bool chain = false;
+  FormatSpec spec2;
+  Activation act2 = Activation::kNone;
+  bool prepacked2 = false;
+  PackedWeight weight2;
   std::mutex scratch_mu;
   graphprune::AlignedVector<float> scratch;
 
-  OrtStatus* pack(const OrtValue* values, const OrtValue* indices, const OrtValue* row_ptr,
-                  PackedWeight* out) const {
+  OrtStatus* pack(const FormatSpec& fs, const OrtValue* values, const OrtValue* indices,
+                  const OrtValue* row_ptr, PackedWeight* out) const {
     TensorView v, ix, rp;
     if (!values || !indices) return fail(api, name, "inputs 'values' and 'indices' are required");
     GP_RETURN_IF_ERROR(view_tensor(api, values, &v));
@@ -194,7 +211,7 @@ struct Kernel {
         return fail(api, name, std::string("input 'row_ptr' must be int32 or int64, got ") + type_name(rp.type));
       rv = IndexView{rp.data, rp.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, rp.count};
     }
-    std::string err = graphprune::pack_weight(spec, static_cast<const float*>(v.data), v.count, iv, rv, out);
+    std::string err = graphprune::pack_weight(fs, static_cast<const float*>(v.data), v.count, iv, rv, out);
     if (!err.empty()) return fail(api, name, err);
     return nullptr;
   }
@@ -245,15 +262,16 @@ struct Kernel {
   OrtStatus* compute(OrtKernelContext* ctx) {
     size_t n_inputs = 0;
     GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
-    const OrtValue* in[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-    for (size_t i = 0; i < kNumInputs && i < n_inputs; ++i)
+    const OrtValue* in[kNumChainInputs] = {};
+    const size_t n_expected = chain ? kNumChainInputs : kNumInputs;
+    for (size_t i = 0; i < n_expected && i < n_inputs; ++i)
       GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, i, &in[i]));
     if (!in[kX]) return fail(api, name, "input X is missing");
 
     PackedWeight local;
     const PackedWeight* w = &weight;
     if (!prepacked) {
-      GP_RETURN_IF_ERROR(pack(in[kValues], in[kIndices], in[kRowPtr], &local));
+      GP_RETURN_IF_ERROR(pack(spec, in[kValues], in[kIndices], in[kRowPtr], &local));
       w = &local;
     }
 
@@ -311,7 +329,38 @@ struct Kernel {
     OrtParallel par(api, ctx);
     std::unique_lock<std::mutex> lock(scratch_mu, std::try_to_lock);
     graphprune::AlignedVector<float> own;
-    graphprune::sparse_matmul(*w, p, par, lock.owns_lock() ? &scratch : &own);
+    if (!chain) {
+      graphprune::sparse_matmul(*w, p, par, lock.owns_lock() ? &scratch : &own);
+      return nullptr;
+    }
+    PackedWeight local2;
+    const PackedWeight* w2 = &weight2;
+    if (!prepacked2) {
+      GP_RETURN_IF_ERROR(pack(spec2, in[kValues2], in[kValues2 + 1], in[kValues2 + 2], &local2));
+      w2 = &local2;
+    }
+    Problem p2;
+    p2.layout = Layout::kChannels;
+    p2.x = p.y;
+    p2.act = act2;
+    if (in[kBias2]) {
+      TensorView b;
+      GP_RETURN_IF_ERROR(view_tensor(api, in[kBias2], &b));
+      if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || static_cast<int64_t>(b.count) != spec2.n)
+        return fail(api, name, "bias2 must be float with n2 = " + std::to_string(spec2.n) + " elements");
+      p2.bias = static_cast<const float*>(b.data);
+    }
+    std::vector<int64_t> zshape = yshape;
+    zshape[1] = spec2.n;
+    p2.batch = zshape[0];
+    p2.P = 1;
+    for (size_t i = 2; i < zshape.size(); ++i) p2.P *= zshape[i];
+    OrtValue* z = nullptr;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 1, zshape.data(), zshape.size(), &z));
+    void* zdata = nullptr;
+    GP_RETURN_IF_ERROR(api->GetTensorMutableData(z, &zdata));
+    p2.y = static_cast<float*>(zdata);
+    graphprune::sparse_matmul_chain(*w, p, *w2, p2, par, lock.owns_lock() ? &scratch : &own);
     return nullptr;
   }
 };
@@ -336,8 +385,22 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   bool all_const = true;
   GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues, 3, cv, &all_const));
   if (all_const && cv[0] && cv[1]) {
-    GP_RETURN_IF_ERROR(k->pack(cv[0], cv[1], cv[2], &k->weight));
+    GP_RETURN_IF_ERROR(k->pack(k->spec, cv[0], cv[1], cv[2], &k->weight));
     k->prepacked = true;
+  }
+  if (def->chain) {
+    k->chain = true;
+    k->spec2 = k->spec;
+    k->spec2.k = k->spec.n;
+    if (!int_attr(api, info, "n2", &k->spec2.n)) return fail(api, k->name, "attribute 'n2' (int) is required");
+    err = graphprune::ort::read_activation(api, info, "activation2", &k->act2);
+    if (err.empty()) err = graphprune::validate_spec(k->spec2);
+    if (!err.empty()) return fail(api, k->name, err);
+    GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues2, 3, cv, &all_const));
+    if (all_const && cv[0] && cv[1]) {
+      GP_RETURN_IF_ERROR(k->pack(k->spec2, cv[0], cv[1], cv[2], &k->weight2));
+      k->prepacked2 = true;
+    }
   }
   *out = k.release();
   return nullptr;
@@ -347,16 +410,21 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
 
 const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->name; }
 const char* ORT_API_CALL op_ep(const OrtCustomOp*) { return nullptr; }  // CPU
-size_t ORT_API_CALL op_input_count(const OrtCustomOp*) { return kNumInputs; }
-ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
-  return graphprune::ort::sparse_input_type(i);
+bool is_chain(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->chain; }
+// SparseConvChain's input kValues2 + i is typed like input kValues + i.
+size_t base_input(size_t i) { return i >= kNumInputs ? i - (kValues2 - kValues) : i; }
+size_t ORT_API_CALL op_input_count(const OrtCustomOp* op) {
+  return is_chain(op) ? kNumChainInputs : kNumInputs;
 }
-size_t ORT_API_CALL op_output_count(const OrtCustomOp*) { return 1; }
+ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
+  return graphprune::ort::sparse_input_type(base_input(i));
+}
+size_t ORT_API_CALL op_output_count(const OrtCustomOp* op) { return is_chain(op) ? 2 : 1; }
 ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
-  return graphprune::ort::sparse_input_characteristic(i);
+  return graphprune::ort::sparse_input_characteristic(base_input(i));
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -382,7 +450,7 @@ OrtStatusPtr ORT_API_CALL op_compute_v2(void* kernel, OrtKernelContext* ctx) {
   }
 }
 
-OpDef make_op(const char* name, bool conv) {
+OpDef make_op(const char* name, bool conv, bool chain = false) {
   OpDef d;
   std::memset(&d, 0, sizeof(d));
   OrtCustomOp& o = d.op;
@@ -414,11 +482,13 @@ OpDef make_op(const char* name, bool conv) {
   o.ReleaseAliasMap = nullptr;
   d.name = name;
   d.conv = conv;
+  d.chain = chain;
   return d;
 }
 
 OpDef g_sparse_matmul = make_op("SparseMatMul", false);
 OpDef g_sparse_conv = make_op("SparseConv", true);
+OpDef g_sparse_conv_chain = make_op("SparseConvChain", true, true);
 
 std::mutex g_domains_mu;
 std::vector<OrtCustomOpDomain*> g_domains;  // kept for the life of the process
@@ -450,6 +520,7 @@ GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, 
   GP_RETURN_IF_ERROR(api->CreateCustomOpDomain(kDomain, &domain));
   OrtStatus* st = api->CustomOpDomain_Add(domain, &g_sparse_matmul.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv.op);
+  if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv_chain.op);
   if (!st) st = api->AddCustomOpDomain(options, domain);
   if (st) {
     api->ReleaseCustomOpDomain(domain);

@@ -106,13 +106,19 @@ std::string read_weight_attrs(const OrtApi* api, const OrtKernelInfo* info, Form
   spec->bc = int_attr(api, info, "block_cols", &v) ? static_cast<int>(v) : 1;
   spec->nm_n = int_attr(api, info, "nm_n", &v) ? static_cast<int>(v) : 2;
   spec->nm_m = int_attr(api, info, "nm_m", &v) ? static_cast<int>(v) : 4;
+  std::string err = read_activation(api, info, "activation", act);
+  return err.empty() ? validate_spec(*spec) : err;
+}
+
+std::string read_activation(const OrtApi* api, const OrtKernelInfo* info, const char* attr,
+                            Activation* act) {
   std::string name = "none";
-  string_attr(api, info, "activation", &name);
+  string_attr(api, info, attr, &name);
   if (name == "none" || name.empty()) *act = Activation::kNone;
   else if (name == "relu") *act = Activation::kRelu;
   else if (name == "gelu") *act = Activation::kGelu;
-  else return "activation '" + name + "' is not one of none, relu, gelu";
-  return validate_spec(*spec);
+  else return std::string(attr) + " '" + name + "' is not one of none, relu, gelu";
+  return "";
 }
 
 OrtStatus* constant_inputs(const OrtApi* api, const OrtKernelInfo* info, size_t first,

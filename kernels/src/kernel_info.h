@@ -20,6 +20,11 @@ namespace ort {
 enum SparseInput : size_t {
   kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
 };
+// SparseConvChain (CPU only) takes those, then the second (pointwise) weight and its bias:
+// input kValues2 + i is like input kValues + i.
+enum ChainInput : size_t {
+  kValues2 = 6, kIndices2 = 7, kRowPtr2 = 8, kBias2 = 9, kNumChainInputs = 10
+};
 // Input i's element type: indices / row_ptr int32 or int64 (undefined = any type, checked at
 // kernel creation), the others float.
 ONNXTensorElementDataType sparse_input_type(size_t i);
@@ -49,6 +54,10 @@ const char* type_name(ONNXTensorElementDataType t);
 // of a SparseMatMul / SparseConv node, validated. Returns "" or what is wrong.
 std::string read_weight_attrs(const OrtApi* api, const OrtKernelInfo* info, FormatSpec* spec,
                               Activation* act);
+
+// A fused activation attribute ("none" when absent). Returns "" or what is wrong.
+std::string read_activation(const OrtApi* api, const OrtKernelInfo* info, const char* attr,
+                            Activation* act);
 
 // The `count` weight inputs from `first` on (values, indices, row_ptr) when they are constant
 // (initializers): `values[i]` is null for a non-constant or absent input; `*all_constant` is

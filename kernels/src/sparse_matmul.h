@@ -151,6 +151,14 @@ struct Problem {
 void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
                    AlignedVector<float>* scratch);
 
+// A convolution then a pointwise one on its output: p as for sparse_matmul (kConv or
+// kChannels), then Z = act2(Y @ W2 + bias2) with p2 in the kChannels layout, p2.x == p.y. Where
+// both take the chunk-task path with the same chunks, each chunk of Y is multiplied by W2 while
+// it is still in cache, instead of being read back from memory by a second pass (Y is still
+// written whole: other nodes read it). Otherwise the two passes, one after the other.
+void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
+                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch);
+
 // "avx512", "avx2" or "generic": the code path picked at load time.
 const char* isa_name();
 // Forces a code path ("generic", "avx2", "avx512"); returns false if not available here.

@@ -1,0 +1,125 @@
+"""SparseConvChain: a conv (any SparseConv) and the pointwise SparseConv that reads its output,
+in one node. Where both take the chunk-task path with the same chunks, each chunk of Y is
+multiplied by the second weight while still in cache; elsewhere the two run one after the
+other. Both outputs must equal the two separate nodes' (and ONNX Runtime's dense Conv chain),
+on either path, for every weight format (blocks along K pad W2's K with zero rows), each ISA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphprune import kernels as gk
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, forced_isa,
+                             masked_conv_weight)
+
+pytestmark = pytest.mark.usefixtures("library")
+
+# first conv: kernel, pads, X shape. "many" shapes give >= 8 chunks (the fused path) on every
+# ISA; "few" falls back to two passes.
+CASES = {
+    "1x1-residual-many": ((1, 1), (0, 0, 0, 0), (4, 12, 16, 17), True),
+    "3x3-many": ((3, 3), (1, 1, 1, 1), (2, 6, 20, 21), False),
+    "3x3s-few": ((3, 3), (1, 1, 1, 1), (1, 5, 5, 6), False),
+}
+
+
+def _model(nodes, inits, inputs, outputs, sparse=True):
+    graph = helper.make_graph(
+        list(nodes), "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        initializer=list(inits))
+    domains = [helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)] if sparse else []
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *domains])
+
+
+def _pair(rng, case, fmt, block):
+    kernel, pads, x_shape, residual = CASES[case]
+    c, o, o2 = x_shape[1], 24, 19
+    cw = masked_conv_weight(rng, o, c, kernel, fmt, block)
+    cw2 = masked_conv_weight(rng, o2, o, (1, 1), fmt, block)
+    b1 = rng.standard_normal(o).astype(np.float32)
+    b2 = rng.standard_normal(o2).astype(np.float32)
+    feeds = {"X": rng.standard_normal(x_shape).astype(np.float32)}
+    attrs = {"kernel_shape": list(kernel), "pads": list(pads)}
+    if residual:
+        feeds["R"] = rng.standard_normal((x_shape[0], o, *x_shape[2:])).astype(np.float32)
+    first, i1 = gk.make_sparse_conv_node(cw, "X", "Y", bias=b1, activation="relu",
+                                         residual="R" if residual else None, prefix="a",
+                                         **attrs, **fmt_kwargs(fmt, block))
+    second, i2 = gk.make_sparse_conv_node(cw2, "Y", "Z", bias=b2, prefix="b",
+                                          **fmt_kwargs(fmt, block))
+    dense = [helper.make_node("Conv", ["X", "W1", "B1"], ["C1"], **attrs)]
+    if residual:
+        dense.append(helper.make_node("Add", ["C1", "R"], ["S1"]))
+    dense += [helper.make_node("Relu", ["S1" if residual else "C1"], ["Y"]),
+              helper.make_node("Conv", ["Y", "W2", "B2"], ["Z"])]
+    dense_inits = [numpy_helper.from_array(a, n) for a, n in
+                   [(cw, "W1"), (b1, "B1"), (cw2, "W2"), (b2, "B2")]]
+    return first, second, i1 + i2, feeds, (dense, dense_inits)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fmt,block", FORMATS, ids=FORMAT_IDS)
+def test_chain_equals_two_nodes(fmt, block, case, threads):
+    rng = np.random.default_rng(3)
+    first, second, inits, feeds, (dense, dense_inits) = _pair(rng, case, fmt, block)
+    chain = gk.make_sparse_conv_chain_node(first, second)
+    assert chain.op_type == "SparseConvChain" and list(chain.output) == ["Y", "Z"]
+    got = gk.session(_model([chain], inits, feeds, ["Y", "Z"]), threads=threads).run(None, feeds)
+    two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"]),
+                     threads=threads).run(None, feeds)
+    import onnxruntime as ort
+    want = ort.InferenceSession(_model(dense, dense_inits, feeds, ["Y", "Z"], sparse=False)
+                                .SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, t, w in zip(got, two, want):
+        assert_close(g, t.astype(np.float64))
+        assert_close(g, w.astype(np.float64))
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("fmt,block", [("bsr", (4, 4)), ("csr", (1, 1)), ("bsr", (8, 1))],
+                         ids=["bsr4x4", "csr", "bsr8x1"])
+def test_chain_every_isa(fmt, block, isa, monkeypatch):
+    """Each ISA's copy picks its own chunk width; the fused path must hold on all of them."""
+    with forced_isa(isa, monkeypatch):
+        rng = np.random.default_rng(5)
+        first, second, inits, feeds, _ = _pair(rng, "1x1-residual-many", fmt, block)
+        chain = gk.make_sparse_conv_chain_node(first, second)
+        got = gk.session(_model([chain], inits, feeds, ["Y", "Z"])).run(None, feeds)
+        two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"])).run(None, feeds)
+        for g, t in zip(got, two):
+            assert_close(g, t.astype(np.float64))
+
+
+def test_chain_blockers():
+    rng = np.random.default_rng(9)
+    first, second, _, _, _ = _pair(rng, "3x3-many", "bsr", (4, 4))
+    assert gk.chain_blocker(first, second) is None
+    three, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 19, 24, (3, 3), "bsr", (4, 4)),
+                                        "Y", "Z", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                        format="bsr", block=(4, 4))
+    assert "not pointwise" in gk.chain_blocker(first, three)
+    cw2 = masked_conv_weight(rng, 19, 24, (1, 1), "csr", (1, 1))
+    other, _ = gk.make_sparse_conv_node(cw2, "Y", "Z", format="csr")
+    assert "different formats" in gk.chain_blocker(first, other)
+    with_res, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 24, 24, (1, 1), "bsr", (4, 4)),
+                                           "Y", "Z", residual="R", format="bsr", block=(4, 4))
+    assert "residual" in gk.chain_blocker(first, with_res)
+    assert "does not read" in gk.chain_blocker(first, gk.make_sparse_conv_node(
+        masked_conv_weight(rng, 19, 24, (1, 1), "bsr", (4, 4)), "Q", "Z", format="bsr",
+        block=(4, 4))[0])
+    with pytest.raises(ValueError, match="cannot chain"):
+        gk.make_sparse_conv_chain_node(first, with_res)
+
+
+def test_chain_missing_n2_is_a_clear_error():
+    rng = np.random.default_rng(2)
+    first, second, inits, feeds, _ = _pair(rng, "3x3-many", "csr", (1, 1))
+    chain = gk.make_sparse_conv_chain_node(first, second)
+    del chain.attribute[[a.name for a in chain.attribute].index("n2")]
+    with pytest.raises(Exception, match="n2"):
+        gk.session(_model([chain], inits, feeds, ["Y", "Z"]))

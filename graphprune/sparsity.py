@@ -132,6 +132,7 @@ class SparsityReport:
     model_dense_ms: float | None = None  # the whole model, at the timing shapes
     model_sparse_ms: float | None = None
     chained: list[list[str]] = field(default_factory=list)  # [first, pointwise] node pairs
+    softmax_guards: list[str] = field(default_factory=list)  # Softmax nodes fused with their guard
 
     @property
     def rewritten(self) -> list[NodeDecision]:
@@ -167,6 +168,9 @@ class SparsityReport:
         if self.chained:
             lines.append(f"  {len(self.chained)} pointwise convs fused onto the conv before "
                          f"them (SparseConvChain)")
+        if self.softmax_guards:
+            lines.append(f"  {len(self.softmax_guards)} Softmax -> IsNaN -> Where guards fused "
+                         f"into one pass (SoftmaxNanToZero)")
         kept = [d for d in self.nodes if d.decision == "dense"]
         reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
         for d in kept:
@@ -196,6 +200,9 @@ class SparsifyConfig:
     # Fuse each pointwise sparse conv onto the sparse conv whose output it reads
     # (SparseConvChain): the output is multiplied again while in cache, not read back.
     chain: bool = True
+    # Softmax -> IsNaN -> Where(isnan, 0, softmax) (torch's guard after attention softmaxes)
+    # becomes one SoftmaxNanToZero node, where the model needs the library anyway.
+    fuse_softmax_guard: bool = True
 
 
 CRITERIA = ("magnitude", "activation")
@@ -506,6 +513,8 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
     _rewrite(graph, rewrites)
     if config.chain:
         report.chained = chain_pointwise(graph)
+    if config.fuse_softmax_guard and rewrites:
+        report.softmax_guards = fuse_softmax_guards(graph)
     return report
 
 
@@ -715,6 +724,56 @@ def chain_pointwise(graph: Graph) -> list[list[str]]:
     _note_library(graph)
     graph.reindex()
     return pairs
+
+
+def fuse_softmax_guards(graph: Graph) -> list[str]:
+    """Softmax over the last axis -> IsNaN -> Where(isnan, 0, softmax), the guard torch's
+    exporter writes after the softmax of scaled_dot_product_attention, becomes one
+    SoftmaxNanToZero node (graphprune's library): one pass over the attention scores instead
+    of three, and ONNX Runtime's Where over a tensor that size was the slowest of them
+    (BERT-base at batch 16: about 7 % of the run with sparse weights). Only where the Softmax
+    output feeds exactly that IsNaN and Where, and the IsNaN only the Where. Returns the fused
+    Softmax nodes' names."""
+    from .kernels import DOMAIN
+
+    outputs = set(graph.output_names)
+    replace: dict[int, onnx.NodeProto] = {}
+    drop: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        out = node.output[0]
+        if graph.dtypes.get(node.input[0]) != TensorProto.FLOAT or out in outputs:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = graph.rank(node.input[0])
+        axis = attrs.get("axis", -1 if graph.opset >= 13 else 1)
+        if not (axis == -1 or (rank is not None and axis == rank - 1)):
+            continue
+        users = graph.consumers(out)
+        isnan = next((u for u in users if u.op_type == "IsNaN" and not u.domain), None)
+        where = next((u for u in users if u.op_type == "Where" and not u.domain), None)
+        if isnan is None or where is None or len(users) != 2 or isnan.output[0] in outputs:
+            continue
+        if graph.consumers(isnan.output[0]) != [where] or list(where.input[::2]) != [
+                isnan.output[0], out]:
+            continue
+        zero = graph.const(where.input[1])
+        if zero is None or zero.size != 1 or float(zero.reshape(-1)[0]) != 0.0:
+            continue
+        replace[id(node)] = helper.make_node(
+            "SoftmaxNanToZero", [node.input[0]], [where.output[0]],
+            name=graph.unique_name(f"{node.name or out}.nan_to_zero"), domain=DOMAIN)
+        drop.update((id(isnan), id(where)))
+    if not replace:
+        return []
+    names = [n.name or n.output[0] for n in graph.nodes if id(n) in replace]
+    graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in drop]
+    _note_library(graph)
+    graph.reindex()
+    for name in [n for n in graph.weights if not graph._used(n)]:
+        del graph.weights[name]
+    return names
 
 
 def _note_library(graph: Graph) -> None:

@@ -241,6 +241,44 @@ def test_pointwise_conv_is_chained_onto_the_conv_it_reads(pattern):
     assert not apart.report.sparsity.chained
 
 
+def _softmax_guard_model(extra_reader: bool = False) -> onnx.ModelProto:
+    """X @ W, then Softmax -> IsNaN -> Where(isnan, 0, softmax) as torch's exporter writes it
+    after an attention softmax; `extra_reader`: the softmax output is also a graph output."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("IsNaN", ["p"], ["bad"]),
+             helper.make_node("Where", ["bad", "zero", "p"], ["Y"])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 5, 24])]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 5, 24]))
+    graph = helper.make_graph(
+        nodes, "guard", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5, 16])],
+        outputs, initializer=[numpy_helper.from_array(w, "W"),
+                              numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_softmax_nan_guard_becomes_one_node():
+    """Where the model needs graphprune's library anyway, the guard runs as one
+    SoftmaxNanToZero pass; the result equals the masked dense model, and a softmax output
+    that something else reads (here a graph output) keeps the three nodes."""
+    config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False)
+    result, _ = _sparsify_and_compare(_softmax_guard_model(), config, batches=(1, 3))
+    assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "SoftmaxNanToZero"]
+    assert len(result.report.sparsity.softmax_guards) == 1
+    assert "zero" not in {i.name for i in result.model.graph.initializer}
+    onnx.checker.check_model(result.model, full_check=True)
+    kept = graphprune.prune(_softmax_guard_model(extra_reader=True), ratio=0.0, verify=False,
+                            sparse=config)
+    assert [n.op_type for n in kept.model.graph.node] == ["SparseMatMul", "Softmax", "IsNaN",
+                                                          "Where"]
+    off = graphprune.prune(_softmax_guard_model(), ratio=0.0, verify=False, sparse=SparsifyConfig(
+        sparsity=0.75, pattern="unstructured", measure=False, fuse_softmax_guard=False))
+    assert "SoftmaxNanToZero" not in [n.op_type for n in off.model.graph.node]
+
+
 @pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
 def test_sparse_attention_block_equals_masked_dense(name):
     config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)

@@ -6,6 +6,7 @@
 // loaded (__builtin_cpu_supports); GRAPHPRUNE_KERNELS_ISA=generic|avx2|avx512 forces one.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -49,6 +50,8 @@ constexpr int64_t kChunkGroupMinTasks = 32;
 // batch 16, 90 % 1x4, 2 threads (A/B by hand): 64->256 1x1 on 56x56 2.88 -> 1.44 ms; whole model
 // 125.8 -> 113-120 ms with a threshold of 8 or 24 MiB.
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
+// SoftmaxNanToZero: about this many floats per parallel task.
+constexpr int64_t kSoftmaxTaskFloats = int64_t{1} << 15;
 // 4x1 / 8x1 MatMul: interleaved one-vector chunks up to this size (see sparse_matmul).
 constexpr int64_t kInterleaveChunkBytes = 64 * 1024;
 
@@ -95,6 +98,13 @@ struct XTJob {
     *p0 = (c % chunks_per_image) * mb;
   }
   float* chunk_xt(int64_t c) const { return xt + (c - chunk0) * w->Kp * mb; }
+};
+
+// softmax_nan_to_zero: rows [t * per_task, (t + 1) * per_task) per task.
+struct SoftmaxJob {
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t rows = 0, d = 0, per_task = 1;
 };
 
 struct RowJob {
@@ -180,16 +190,20 @@ struct Isa {
   void (*row)(void*, size_t);
   void (*chunk)(void*, size_t);
   void (*outer)(void*, size_t);
+  void (*softmax)(void*, size_t);
 };
 
 const Isa kGeneric = {"generic", 4, 0, 2, isa_generic::xt_pack_task, isa_generic::xt_compute_task,
-                      isa_generic::row_task, isa_generic::chunk_task, isa_generic::outer_task};
+                      isa_generic::row_task, isa_generic::chunk_task, isa_generic::outer_task,
+                     isa_generic::softmax_task};
 #ifdef GP_HAVE_X86_DISPATCH
 const Isa kAvx2 = {"avx2", 8, 4, 2, isa_avx2::xt_pack_task, isa_avx2::xt_compute_task,
-                   isa_avx2::row_task, isa_avx2::chunk_task, isa_avx2::outer_task};
+                   isa_avx2::row_task, isa_avx2::chunk_task, isa_avx2::outer_task,
+                     isa_avx2::softmax_task};
 #ifdef GP_ENABLE_AVX512
 const Isa kAvx512 = {"avx512", 16, 8, 4, isa_avx512::xt_pack_task, isa_avx512::xt_compute_task,
-                     isa_avx512::row_task, isa_avx512::chunk_task, isa_avx512::outer_task};
+                     isa_avx512::row_task, isa_avx512::chunk_task, isa_avx512::outer_task,
+                     isa_avx512::softmax_task};
 #endif
 #endif
 
@@ -408,6 +422,18 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     }
     run_tasks(par, static_cast<size_t>(nc * nranges), isa.compute, &job);
   }
+}
+
+void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par) {
+  if (rows <= 0 || d <= 0) return;
+  SoftmaxJob job;
+  job.x = x;
+  job.y = y;
+  job.rows = rows;
+  job.d = d;
+  job.per_task = std::max<int64_t>(1, kSoftmaxTaskFloats / d);
+  const int64_t ntasks = (rows + job.per_task - 1) / job.per_task;
+  run_tasks(par, static_cast<size_t>(ntasks), g_isa.load()->softmax, &job);
 }
 
 void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,

@@ -13,6 +13,10 @@
 //                of Y is multiplied by W2 while it is in cache. Attributes: SparseConv's, plus
 //                n2 (int: Z's channels; W2 is [n, n2] in the same format and block shape) and
 //                activation2.
+//   SoftmaxNanToZero(X) -> Y   (CPU only; attribute axis, default -1, must be the last axis)
+//                Softmax over the last axis, with the rows that would give NaN written as zeros:
+//                Softmax -> IsNaN -> Where(isnan, 0, softmax), as torch's exporter writes
+//                after every attention softmax, in one pass over the scores.
 // Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
 // nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none");
 // SparseConv also kernel_shape, strides, dilations (ints, default 1 each), pads (ints
@@ -88,7 +92,8 @@ struct OpDef {
   OrtCustomOp op;  // first member: ORT hands back &op
   const char* name;
   bool conv;
-  bool chain;  // SparseConvChain
+  bool chain;    // SparseConvChain
+  bool softmax;  // SoftmaxNanToZero
 };
 
 class OrtParallel : public graphprune::Parallel {
@@ -181,6 +186,9 @@ struct Kernel {
   Activation act = Activation::kNone;
   bool prepacked = false;
   PackedWeight weight;
+  // SoftmaxNanToZero (none of the weight fields are used then).
+  bool softmax = false;
+  int64_t axis = -1;
   // SparseConvChain: the pointwise conv applied to Y.
   bool chain = false;
   FormatSpec spec2;
@@ -259,11 +267,34 @@ struct Kernel {
     return nullptr;
   }
 
+  OrtStatus* compute_softmax(OrtKernelContext* ctx) {
+    const OrtValue* xv = nullptr;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, 0, &xv));
+    if (!xv) return fail(api, name, "input X is missing");
+    TensorView x;
+    GP_RETURN_IF_ERROR(view_tensor(api, xv, &x));
+    if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return fail(api, name, std::string("input X must be float, got ") + type_name(x.type));
+    const int64_t rank = static_cast<int64_t>(x.shape.size());
+    if (rank < 1 || (axis != -1 && axis != rank - 1))
+      return fail(api, name, "axis=" + std::to_string(axis) + " must be the last axis of X " + join(x.shape));
+    OrtValue* y = nullptr;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, x.shape.data(), x.shape.size(), &y));
+    void* ydata = nullptr;
+    GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
+    const int64_t d = x.shape.back();
+    OrtParallel par(api, ctx);
+    graphprune::softmax_nan_to_zero(static_cast<const float*>(x.data), static_cast<float*>(ydata),
+                                    d > 0 ? static_cast<int64_t>(x.count) / d : 0, d, par);
+    return nullptr;
+  }
+
   OrtStatus* compute(OrtKernelContext* ctx) {
+    if (softmax) return compute_softmax(ctx);
     size_t n_inputs = 0;
     GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
     const OrtValue* in[kNumChainInputs] = {};
-    const size_t n_expected = chain ? kNumChainInputs : kNumInputs;
+    const size_t n_expected = chain ? size_t{kNumChainInputs} : size_t{kNumInputs};
     for (size_t i = 0; i < n_expected && i < n_inputs; ++i)
       GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, i, &in[i]));
     if (!in[kX]) return fail(api, name, "input X is missing");
@@ -372,6 +403,13 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   k->api = api;
   k->conv = def->conv;
   k->name = node_name(api, info);
+  if (def->softmax) {
+    k->softmax = true;
+    int_attr(api, info, "axis", &k->axis);
+    if (k->axis < -1) return fail(api, k->name, "axis=" + std::to_string(k->axis) + ": only the last axis is supported");
+    *out = k.release();
+    return nullptr;
+  }
 
   std::string err = graphprune::ort::read_weight_attrs(api, info, &k->spec, &k->act);
   if (!err.empty()) return fail(api, k->name, err);
@@ -411,13 +449,14 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
 const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->name; }
 const char* ORT_API_CALL op_ep(const OrtCustomOp*) { return nullptr; }  // CPU
 bool is_chain(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->chain; }
+bool is_softmax(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(op)->softmax; }
 // SparseConvChain's input kValues2 + i is typed like input kValues + i.
 size_t base_input(size_t i) { return i >= kNumInputs ? i - (kValues2 - kValues) : i; }
 size_t ORT_API_CALL op_input_count(const OrtCustomOp* op) {
-  return is_chain(op) ? kNumChainInputs : kNumInputs;
+  return is_softmax(op) ? 1 : is_chain(op) ? kNumChainInputs : kNumInputs;
 }
 ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
-  return graphprune::ort::sparse_input_type(base_input(i));
+  return graphprune::ort::sparse_input_type(base_input(i));  // SoftmaxNanToZero: X, float
 }
 size_t ORT_API_CALL op_output_count(const OrtCustomOp* op) { return is_chain(op) ? 2 : 1; }
 ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
@@ -450,7 +489,7 @@ OrtStatusPtr ORT_API_CALL op_compute_v2(void* kernel, OrtKernelContext* ctx) {
   }
 }
 
-OpDef make_op(const char* name, bool conv, bool chain = false) {
+OpDef make_op(const char* name, bool conv, bool chain = false, bool softmax = false) {
   OpDef d;
   std::memset(&d, 0, sizeof(d));
   OrtCustomOp& o = d.op;
@@ -483,12 +522,14 @@ OpDef make_op(const char* name, bool conv, bool chain = false) {
   d.name = name;
   d.conv = conv;
   d.chain = chain;
+  d.softmax = softmax;
   return d;
 }
 
 OpDef g_sparse_matmul = make_op("SparseMatMul", false);
 OpDef g_sparse_conv = make_op("SparseConv", true);
 OpDef g_sparse_conv_chain = make_op("SparseConvChain", true, true);
+OpDef g_softmax_nan_to_zero = make_op("SoftmaxNanToZero", false, false, true);
 
 std::mutex g_domains_mu;
 std::vector<OrtCustomOpDomain*> g_domains;  // kept for the life of the process
@@ -521,6 +562,7 @@ GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, 
   OrtStatus* st = api->CustomOpDomain_Add(domain, &g_sparse_matmul.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv_chain.op);
+  if (!st) st = api->CustomOpDomain_Add(domain, &g_softmax_nan_to_zero.op);
   if (!st) st = api->AddCustomOpDomain(options, domain);
   if (st) {
     api->ReleaseCustomOpDomain(domain);

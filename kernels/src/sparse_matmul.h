@@ -159,6 +159,11 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
 void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
                          const Problem& p2, Parallel& par, AlignedVector<float>* scratch);
 
+// y = softmax(x) over rows of d floats, where a row that would give NaN (a NaN or +inf in it,
+// or all -inf) gives zeros: ONNX Softmax -> IsNaN -> Where(isnan, 0, softmax), the guard
+// torch's exporter writes after every attention softmax, in one pass.
+void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par);
+
 // "avx512", "avx2" or "generic": the code path picked at load time.
 const char* isa_name();
 // Forces a code path ("generic", "avx2", "avx512"); returns false if not available here.

@@ -4,7 +4,8 @@
 (1x1 directly, k x k / strided / padded through im2col) with ``W`` stored block-sparse (BSR 1x4,
 4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4); ``SparseConvChain`` is a SparseConv and the
 pointwise one that reads its output in one node (``make_sparse_conv_chain_node``), so that
-output is multiplied again while in cache. The operators live in a C++ library that ``pip install .``
+output is multiplied again while in cache; ``SoftmaxNanToZero`` is the Softmax -> IsNaN -> Where
+guard torch writes after attention softmaxes, in one pass. The operators live in a C++ library that ``pip install .``
 builds into the package; an editable install (or one whose build failed) builds it from
 ``kernels/`` on first use::
 

@@ -712,7 +712,9 @@ def chain_pointwise(graph: Graph) -> list[list[str]]:
         for second in readers.get(node.output[0], []):
             if id(second) in absorbed or id(second) in fused or second is node:
                 continue
-            if chain_blocker(node, second) is None:
+            # Z is now made where the first node was: the second's other inputs must exist.
+            if all(t in graph.weights for t in second.input[1:] if t) and \
+                    chain_blocker(node, second) is None:
                 name = graph.unique_name(f"{node.name or node.output[0]}.chain")
                 fused[id(node)] = make_sparse_conv_chain_node(node, second, name=name)
                 absorbed.add(id(second))
@@ -730,8 +732,10 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
     """Softmax over the last axis -> IsNaN -> Where(isnan, 0, softmax), the guard torch's
     exporter writes after the softmax of scaled_dot_product_attention, becomes one
     SoftmaxNanToZero node (graphprune's library): one pass over the attention scores instead
-    of three, and ONNX Runtime's Where over a tensor that size was the slowest of them
-    (BERT-base at batch 16: about 7 % of the run with sparse weights). Only where the Softmax
+    of three, and ONNX Runtime's Where over a tensor that size was the slowest of them. By
+    hand, BERT-base at batch 16 with 90 % unstructured weights: Where, IsNaN and Softmax took
+    52 of 578 ms of node time; the two models alternating, 532-554 against 566-626 ms; equal
+    outputs to 6e-7 relative. Only where the Softmax
     output feeds exactly that IsNaN and Where, and the IsNaN only the Where. Returns the fused
     Softmax nodes' names."""
     from .kernels import DOMAIN

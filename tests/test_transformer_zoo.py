@@ -122,8 +122,10 @@ def test_minilm_embeddings_are_meaningful():
 def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     """The sparsity pass on real exports: the legacy exporter writes Gelu as Div, Erf, Add,
     Mul, Mul (opset 17), the dynamo one as a Gelu node (opset 20). Either way each MLP's first
-    MatMul takes its Gelu into the sparse op (no Erf or Gelu node is left), and the sparse model
-    computes what the same weights masked in the dense model compute."""
+    MatMul takes its Gelu into the sparse op (no Erf or Gelu node is left), torch's softmax
+    guards (Softmax -> IsNaN -> Where; 4 in each export but the legacy ViT's) become
+    SoftmaxNanToZero, and the sparse model computes what the same weights masked in the dense
+    model compute."""
     import graphprune
     from graphprune import kernels
     from graphprune.api import canonicalize, load_graph
@@ -141,6 +143,13 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     assert acts.count(b"gelu") == 4  # one per layer
     ops = tz.op_histogram(result.model)
     assert ops.get("Erf", 0) == 0 and ops.get("Gelu", 0) == 0
+    # torch's Softmax -> IsNaN -> Where guard after each attention softmax runs as one pass
+    original = onnx.load(str(path), load_external_data=False).graph.node
+    softmax_out = {n.output[0] for n in original if n.op_type == "Softmax"}
+    guards = sum(n.op_type == "IsNaN" and n.input[0] in softmax_out for n in original)
+    assert ops.get("graphprune::SoftmaxNanToZero", 0) == len(result.report.sparsity.softmax_guards) \
+        == guards
+    assert ops.get("IsNaN", 0) == sum(n.op_type == "IsNaN" for n in original) - guards
     _, reference = load_graph(onnx.load(str(path)))
     canonicalize(reference)
     masked_reference(reference, result.report.sparsity, config)

@@ -36,7 +36,7 @@ def _model(nodes, inits, inputs, outputs, sparse=True):
 
 def _pair(rng, case, fmt, block):
     kernel, pads, x_shape, residual = CASES[case]
-    c, o, o2 = x_shape[1], 24, 19
+    c, o, o2 = x_shape[1], 22, 19  # o: W2's K, not a multiple of 4 or 8 (padded blocks)
     cw = masked_conv_weight(rng, o, c, kernel, fmt, block)
     cw2 = masked_conv_weight(rng, o2, o, (1, 1), fmt, block)
     b1 = rng.standard_normal(o).astype(np.float32)
@@ -99,18 +99,18 @@ def test_chain_blockers():
     rng = np.random.default_rng(9)
     first, second, _, _, _ = _pair(rng, "3x3-many", "bsr", (4, 4))
     assert gk.chain_blocker(first, second) is None
-    three, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 19, 24, (3, 3), "bsr", (4, 4)),
+    three, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 19, 22, (3, 3), "bsr", (4, 4)),
                                         "Y", "Z", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                                         format="bsr", block=(4, 4))
     assert "not pointwise" in gk.chain_blocker(first, three)
-    cw2 = masked_conv_weight(rng, 19, 24, (1, 1), "csr", (1, 1))
+    cw2 = masked_conv_weight(rng, 19, 22, (1, 1), "csr", (1, 1))
     other, _ = gk.make_sparse_conv_node(cw2, "Y", "Z", format="csr")
     assert "different formats" in gk.chain_blocker(first, other)
-    with_res, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 24, 24, (1, 1), "bsr", (4, 4)),
+    with_res, _ = gk.make_sparse_conv_node(masked_conv_weight(rng, 22, 22, (1, 1), "bsr", (4, 4)),
                                            "Y", "Z", residual="R", format="bsr", block=(4, 4))
     assert "residual" in gk.chain_blocker(first, with_res)
     assert "does not read" in gk.chain_blocker(first, gk.make_sparse_conv_node(
-        masked_conv_weight(rng, 19, 24, (1, 1), "bsr", (4, 4)), "Q", "Z", format="bsr",
+        masked_conv_weight(rng, 19, 22, (1, 1), "bsr", (4, 4)), "Q", "Z", format="bsr",
         block=(4, 4))[0])
     with pytest.raises(ValueError, match="cannot chain"):
         gk.make_sparse_conv_chain_node(first, with_res)
@@ -123,3 +123,23 @@ def test_chain_missing_n2_is_a_clear_error():
     del chain.attribute[[a.name for a in chain.attribute].index("n2")]
     with pytest.raises(Exception, match="n2"):
         gk.session(_model([chain], inits, feeds, ["Y", "Z"]))
+
+
+@pytest.mark.parametrize("fmt,block", [("bsr", (1, 4)), ("csr", (1, 1))], ids=["bsr1x4", "csr"])
+def test_chain_streams_a_large_second_output(fmt, block):
+    """Z of >= 16 MiB (Y much smaller) goes out with streaming stores from the chained job;
+    the task must fence them too. Both outputs equal the two separate nodes'."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 8, 128, 66)).astype(np.float32)
+    cw = masked_conv_weight(rng, 16, 8, (1, 1), fmt, block, sparsity=0.5)
+    cw2 = masked_conv_weight(rng, 256, 16, (1, 1), fmt, block, sparsity=0.5)
+    assert 2 * 256 * 128 * 66 * 4 >= 16 << 20 > 2 * 16 * 128 * 66 * 4
+    first, i1 = gk.make_sparse_conv_node(cw, "X", "Y", activation="relu", prefix="a",
+                                         **fmt_kwargs(fmt, block))
+    second, i2 = gk.make_sparse_conv_node(cw2, "Y", "Z", prefix="b", **fmt_kwargs(fmt, block))
+    feeds = {"X": x}
+    chain = gk.make_sparse_conv_chain_node(first, second)
+    got = gk.session(_model([chain], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
+    two = gk.session(_model([first, second], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
+    for g, t in zip(got, two):
+        assert_close(g, t.astype(np.float64))

@@ -131,7 +131,7 @@ class SparsityReport:
     ineligible: dict[str, str] = field(default_factory=dict)  # node -> why not a candidate
     model_dense_ms: float | None = None  # the whole model, at the timing shapes
     model_sparse_ms: float | None = None
-    chained: list[list[str]] = field(default_factory=list)  # [first, pointwise] node pairs
+    chained: list[list[str]] = field(default_factory=list)  # [first, second] node pairs
     softmax_guards: list[str] = field(default_factory=list)  # Softmax nodes fused with their guard
 
     @property
@@ -166,8 +166,8 @@ class SparsityReport:
                          f"{self.model_sparse_ms:.2f} ms with the sparse ops "
                          f"(x{self.model_sparse_ms / self.model_dense_ms:.2f})")
         if self.chained:
-            lines.append(f"  {len(self.chained)} pointwise convs fused onto the conv before "
-                         f"them (SparseConvChain)")
+            lines.append(f"  {len(self.chained)} sparse nodes chained onto the one whose "
+                         f"output they read (SparseConvChain / SparseMatMulChain)")
         if self.softmax_guards:
             lines.append(f"  {len(self.softmax_guards)} Softmax -> IsNaN -> Where guards fused "
                          f"into one pass (SoftmaxNanToZero)")
@@ -197,8 +197,9 @@ class SparsifyConfig:
     use_cache: bool = True
     criterion: str = "magnitude"  # or "activation": |W|·‖X‖ over calibration data
     model_check: bool = True  # with measure: time the whole model too, back off if not faster
-    # Fuse each pointwise sparse conv onto the sparse conv whose output it reads
-    # (SparseConvChain): the output is multiplied again while in cache, not read back.
+    # Chain each pointwise sparse conv onto the sparse conv whose output it reads, and a sparse
+    # MatMul onto the one before it (SparseConvChain, SparseMatMulChain): that output is
+    # multiplied again while in cache, not read back.
     chain: bool = True
     # Softmax -> IsNaN -> Where(isnan, 0, softmax) (torch's guard after attention softmaxes)
     # becomes one SoftmaxNanToZero node, where the model needs the library anyway.
@@ -692,13 +693,16 @@ def _rewrite(graph: Graph, rewrites) -> None:
 
 
 def chain_pointwise(graph: Graph) -> list[list[str]]:
-    """Fuses each pointwise SparseConv onto the SparseConv whose output it reads (one per
-    producer, in graph order): the SparseConvChain node takes the producer's place and writes
-    both outputs. In a ResNet bottleneck that is each block's last 1x1 conv (with its shortcut)
-    and the next block's first one, which otherwise reads the whole activation back from
-    memory at large batches. Returns the fused [first, second] node-name pairs."""
-    from .kernels import DOMAIN, chain_blocker, make_sparse_conv_chain_node
+    """Chains each sparse node onto the one whose output it reads, where the kernel can take
+    both at once (see kernels.chain_blocker; one per producer, in graph order): the chain node
+    takes the producer's place and writes both outputs, the first only if another node reads
+    it. In a ResNet bottleneck that is each block's last 1x1 conv (with its shortcut) and the
+    next block's first one, in a transformer's MLP the two MatMuls; otherwise the second reads
+    the whole first output back from memory at large batches. Returns the [first, second]
+    node-name pairs."""
+    from .kernels import DOMAIN, chain_blocker, make_sparse_chain_node
 
+    outputs = set(graph.output_names)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.nodes:
         for name in node.input:
@@ -707,16 +711,19 @@ def chain_pointwise(graph: Graph) -> list[list[str]]:
     absorbed: set[int] = set()
     pairs = []
     for node in graph.nodes:
-        if id(node) in absorbed or node.domain != DOMAIN or node.op_type != "SparseConv":
+        if id(node) in absorbed or node.domain != DOMAIN or \
+                node.op_type not in ("SparseConv", "SparseMatMul"):
             continue
-        for second in readers.get(node.output[0], []):
+        users = readers.get(node.output[0], [])
+        for second in users:
             if id(second) in absorbed or id(second) in fused or second is node:
                 continue
             # Z is now made where the first node was: the second's other inputs must exist.
             if all(t in graph.weights for t in second.input[1:] if t) and \
                     chain_blocker(node, second) is None:
+                keep = len(users) > 1 or node.output[0] in outputs
                 name = graph.unique_name(f"{node.name or node.output[0]}.chain")
-                fused[id(node)] = make_sparse_conv_chain_node(node, second, name=name)
+                fused[id(node)] = make_sparse_chain_node(node, second, name=name, keep_first=keep)
                 absorbed.add(id(second))
                 pairs.append([node.name or node.output[0], second.name or second.output[0]])
                 break

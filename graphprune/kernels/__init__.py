@@ -2,9 +2,9 @@
 
 ``SparseMatMul`` runs ``Y = act(X @ W + bias)`` and ``SparseConv`` a group-1 convolution on NCHW
 (1x1 directly, k x k / strided / padded through im2col) with ``W`` stored block-sparse (BSR 1x4,
-4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4); ``SparseConvChain`` is a SparseConv and the
-pointwise one that reads its output in one node (``make_sparse_conv_chain_node``), so that
-output is multiplied again while in cache; ``SoftmaxNanToZero`` is the Softmax -> IsNaN -> Where
+4x1, 4x4, 8x1), unstructured (CSR) or N:M (2:4); ``SparseConvChain`` / ``SparseMatMulChain`` are a
+SparseConv and the pointwise one that reads its output, or two SparseMatMul, in one node
+(``make_sparse_chain_node``), so that output is multiplied again while in cache; ``SoftmaxNanToZero`` is the Softmax -> IsNaN -> Where
 guard torch writes after attention softmaxes, in one pass. The operators live in a C++ library that ``pip install .``
 builds into the package; an editable install (or one whose build failed) builds it from
 ``kernels/`` on first use::
@@ -31,7 +31,7 @@ from ._build import (LIBRARY_NAME, KernelsUnavailable, build, cache_root, find_c
                      shipped_library, source_dir, source_hash)
 from .pack import (ACTIVATIONS, BLOCK_SHAPES, DOMAIN, FORMATS, OPSET_VERSION, SparseWeight,
                    chain_blocker, conv_attributes, conv_output_shape, conv_weight_from_matrix, conv_weight_matrix,
-                   make_sparse_conv_chain_node, make_sparse_conv_model, make_sparse_conv_node,
+                   make_sparse_chain_node, make_sparse_conv_model, make_sparse_conv_node,
                    make_sparse_matmul_model,
                    make_sparse_matmul_node, mask_blocks, mask_nm, mask_unstructured, pack, unpack)
 
@@ -39,7 +39,7 @@ __all__ = [
     "ACTIVATIONS", "BLOCK_SHAPES", "DOMAIN", "FORMATS", "LIBRARY_NAME", "OPSET_VERSION",
     "KernelsUnavailable", "SparseWeight", "build", "cache_root", "chain_blocker", "conv_attributes",
     "conv_output_shape", "conv_weight_from_matrix", "conv_weight_matrix", "find_cmake",
-    "find_headers", "how_to_load", "isa", "library_path", "make_sparse_conv_chain_node",
+    "find_headers", "how_to_load", "isa", "library_path", "make_sparse_chain_node",
     "make_sparse_conv_model",
     "make_sparse_conv_node",
     "make_sparse_matmul_model", "make_sparse_matmul_node", "mask_blocks", "mask_nm",

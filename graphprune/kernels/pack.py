@@ -308,10 +308,11 @@ def make_sparse_matmul_node(w, input_name: str, output_name: str, *, name: Optio
                         residual=residual)
 
 
-# Attributes two sparse nodes must share for SparseConvChain (its second weight has the first's
+# Attributes two sparse nodes must share to be chained (the second weight has the first's
 # format and block shape).
 _FORMAT_ATTRS = ("format", "block_rows", "block_cols", "nm_n", "nm_m")
 _GEOMETRY_ATTRS = ("kernel_shape", "strides", "pads", "dilations")
+_CHAINS = {"SparseConv": "SparseConvChain", "SparseMatMul": "SparseMatMulChain"}
 
 
 def _attrs(node) -> dict:
@@ -321,12 +322,15 @@ def _attrs(node) -> dict:
 
 
 def chain_blocker(first, second) -> Optional[str]:
-    """Why ``second`` (a SparseConv) cannot be fused onto ``first`` as a SparseConvChain, or
-    None: ``second`` must be a pointwise SparseConv (1x1, stride 1, no pads, no residual) whose
-    only data input is ``first``'s output, with the same weight format and block shape."""
+    """Why ``second`` cannot be chained onto ``first`` (see :func:`make_sparse_chain_node`),
+    or None. Both must be SparseConv (the second pointwise: 1x1, stride 1, no pads) or both
+    SparseMatMul (not 4x1 / 8x1 blocks, whose MatMul kernels differ); the second reads the
+    first's output, adds no residual, and has the same weight format and block shape."""
     for node in (first, second):
-        if node.domain != DOMAIN or node.op_type != "SparseConv":
-            return f"{node.name or node.output[0]} is not a {DOMAIN}.SparseConv"
+        if node.domain != DOMAIN or node.op_type not in _CHAINS:
+            return f"{node.name or node.output[0]} is not a {DOMAIN} SparseConv or SparseMatMul"
+    if first.op_type != second.op_type:
+        return "one is a SparseConv, the other a SparseMatMul"
     if second.input[0] != first.output[0]:
         return "the second does not read the first's output"
     if len(second.input) > 5 and second.input[5]:
@@ -337,21 +341,26 @@ def chain_blocker(first, second) -> Optional[str]:
             return f"the second is not pointwise ({key}={a2[key]})"
     if any(a1.get(key) != a2.get(key) for key in _FORMAT_ATTRS):
         return "the two weights have different formats or block shapes"
+    if first.op_type == "SparseMatMul" and a1.get("block_cols", 1) == 1 and \
+            a1.get("block_rows", 1) in (4, 8):
+        return "4x1 / 8x1 MatMul blocks run on kernels of their own"
     if a2["k"] != a1["n"]:
         return f"the second's k={a2['k']} is not the first's n={a1['n']}"
     return None
 
 
-def make_sparse_conv_chain_node(first, second, name: Optional[str] = None):
-    """One ``graphprune.SparseConvChain`` node doing the work of two SparseConv nodes, ``first``
-    and the pointwise ``second`` that reads its output (see :func:`chain_blocker`): outputs
-    ``first``'s and ``second``'s. Each chunk of the first's output is multiplied by the
-    second's weight while it is still in cache, instead of being read back from memory."""
+def make_sparse_chain_node(first, second, name: Optional[str] = None, keep_first: bool = True):
+    """One node doing the work of two: ``first`` and the ``second`` that reads its output (see
+    :func:`chain_blocker`). SparseConv + pointwise SparseConv give ``SparseConvChain``, two
+    SparseMatMul give ``SparseMatMulChain``; outputs ``first``'s (left out with
+    ``keep_first=False``: then nothing else may read it) and ``second``'s. Each chunk of the
+    first's output is multiplied by the second's weight while it is still in cache, instead
+    of being read back from memory."""
     from onnx import helper
 
     why = chain_blocker(first, second)
     if why is not None:
-        raise ValueError(f"cannot chain these SparseConv nodes: {why}")
+        raise ValueError(f"cannot chain these nodes: {why}")
     inputs = list(first.input) + [""] * (6 - len(first.input))
     weight2 = list(second.input[1:5])  # values, indices, row_ptr, bias
     inputs += weight2 + [""] * (4 - len(weight2))
@@ -365,7 +374,8 @@ def make_sparse_conv_chain_node(first, second, name: Optional[str] = None):
     if act2 != "none":
         attrs["activation2"] = act2
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-    return helper.make_node("SparseConvChain", inputs, [first.output[0], second.output[0]],
+    outputs = [first.output[0] if keep_first else "", second.output[0]]
+    return helper.make_node(_CHAINS[first.op_type], inputs, outputs,
                             name=name or f"{first.name or first.output[0]}.chain",
                             domain=DOMAIN, **attrs)
 

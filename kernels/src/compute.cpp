@@ -437,21 +437,34 @@ void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Para
 }
 
 void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
-                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch) {
+                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch,
+                         AlignedVector<float>* y_scratch) {
   const Isa& isa = *g_isa.load();
+  const bool rows = p.layout == Layout::kRows;
+  const int64_t M = rows ? p.M : p.batch * p.P;
   int vl = 0, vl2 = 0;
   int64_t nv = 0, nv2 = 0;
-  pick_vectors(isa, w, p.P, &vl, &nv);
-  pick_vectors(isa, w2, p2.P, &vl2, &nv2);
+  pick_vectors(isa, w, rows ? p.M : p.P, &vl, &nv);
+  pick_vectors(isa, w2, rows ? p2.M : p2.P, &vl2, &nv2);
   const int64_t mb = vl * nv;
-  const int64_t M = p.batch * p.P;
-  const bool fused = p.layout != Layout::kRows && p2.layout == Layout::kChannels && p2.x == p.y &&
-                     p2.batch == p.batch && p2.P == p.P && w2.K == w.N && vl == vl2 && nv == nv2 &&
-                     M > 0 && w.N > 0 && w2.N > 0 &&
-                     p.batch * ((p.P + mb - 1) / mb) >= kChunkTaskMin;
-  if (!fused) {
-    sparse_matmul(w, p, par, scratch);
-    sparse_matmul(w2, p2, par, scratch);
+  const int64_t per_image = rows ? (p.M + mb - 1) / mb : (p.P + mb - 1) / mb;
+  const int64_t nchunks = rows ? per_image : p.batch * per_image;
+  const bool same_rows = rows ? p2.layout == Layout::kRows && p2.M == p.M
+                              : p2.layout == Layout::kChannels && p2.batch == p.batch && p2.P == p.P;
+  // 4x1 / 8x1 MatMul have paths of their own (interleaved chunks, outer products).
+  auto own_paths = [](const PackedWeight& v) { return v.bc == 1 && (v.br == 4 || v.br == 8); };
+  const bool fused = same_rows && !(rows && (own_paths(w) || own_paths(w2))) && w2.K == w.N &&
+                     vl == vl2 && nv == nv2 && M > 0 && w.N > 0 && w2.N > 0 &&
+                     nchunks >= kChunkTaskMin;
+  if (!fused) {  // two passes; a Y that no node reads goes to a temporary
+    Problem first = p, second = p2;
+    if (!first.y) {
+      if (y_scratch->size() < static_cast<size_t>(M * w.N)) y_scratch->resize(static_cast<size_t>(M * w.N));
+      first.y = y_scratch->data();
+    }
+    second.x = first.y;
+    sparse_matmul(w, first, par, scratch);
+    sparse_matmul(w2, second, par, scratch);
     return;
   }
   XTJob job, job2;
@@ -466,8 +479,8 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
     j.vl = vl;
     j.nv = static_cast<int>(nv);
     j.mb = mb;
-    j.chunks_per_image = (p.P + mb - 1) / mb;
-    j.nchunks = p.batch * j.chunks_per_image;
+    j.chunks_per_image = rows ? 1 : per_image;
+    j.nchunks = nchunks;
     j.panels = ws[i]->npanels > 1 && ws[i]->Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
     setup_chunk_tasks(*ws[i], M, &j, i == 0 ? &ranges : &ranges2);
   }

@@ -12,7 +12,11 @@
 //                pointwise SparseConv fused onto the conv whose output it reads, so each chunk
 //                of Y is multiplied by W2 while it is in cache. Attributes: SparseConv's, plus
 //                n2 (int: Z's channels; W2 is [n, n2] in the same format and block shape) and
-//                activation2.
+//                activation2. Y may be left out ("") where no other node reads it.
+//   SparseMatMulChain(same inputs) -> Y?, Z   (CPU only)
+//                The same for two SparseMatMul: Z = act2(Y @ W2 + bias2), W2 [n, n2]; each
+//                chunk of rows of Y is multiplied by W2 while in cache; Y (optional) is only
+//                written when a node reads it.
 //   SoftmaxNanToZero(X) -> Y   (CPU only; attribute axis, default -1, must be the last axis)
 //                Softmax over the last axis, with the rows that would give NaN written as zeros:
 //                Softmax -> IsNaN -> Where(isnan, 0, softmax), as torch's exporter writes
@@ -197,6 +201,7 @@ struct Kernel {
   PackedWeight weight2;
   std::mutex scratch_mu;
   graphprune::AlignedVector<float> scratch;
+  graphprune::AlignedVector<float> y_scratch;  // a chain's unread Y where the chain cannot fuse
 
   OrtStatus* pack(const FormatSpec& fs, const OrtValue* values, const OrtValue* indices,
                   const OrtValue* row_ptr, PackedWeight* out) const {
@@ -346,8 +351,9 @@ struct Kernel {
     OrtValue* y = nullptr;
     GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 0, yshape.data(), yshape.size(), &y));
     void* ydata = nullptr;
-    GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
-    p.y = static_cast<float*>(ydata);
+    if (y) GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
+    else if (!chain) return fail(api, name, "output Y is missing");
+    p.y = static_cast<float*>(ydata);  // null: a chain's Y that no other node reads
     if (in[kResidual]) {
       TensorView z;
       GP_RETURN_IF_ERROR(view_tensor(api, in[kResidual], &z));
@@ -371,7 +377,6 @@ struct Kernel {
       w2 = &local2;
     }
     Problem p2;
-    p2.layout = Layout::kChannels;
     p2.x = p.y;
     p2.act = act2;
     if (in[kBias2]) {
@@ -382,16 +387,25 @@ struct Kernel {
       p2.bias = static_cast<const float*>(b.data);
     }
     std::vector<int64_t> zshape = yshape;
-    zshape[1] = spec2.n;
-    p2.batch = zshape[0];
-    p2.P = 1;
-    for (size_t i = 2; i < zshape.size(); ++i) p2.P *= zshape[i];
+    if (conv) {
+      zshape[1] = spec2.n;
+      p2.layout = Layout::kChannels;
+      p2.batch = zshape[0];
+      p2.P = 1;
+      for (size_t i = 2; i < zshape.size(); ++i) p2.P *= zshape[i];
+    } else {
+      zshape.back() = spec2.n;
+      p2.layout = Layout::kRows;
+      p2.M = p.M;
+    }
     OrtValue* z = nullptr;
     GP_RETURN_IF_ERROR(api->KernelContext_GetOutput(ctx, 1, zshape.data(), zshape.size(), &z));
     void* zdata = nullptr;
     GP_RETURN_IF_ERROR(api->GetTensorMutableData(z, &zdata));
     p2.y = static_cast<float*>(zdata);
-    graphprune::sparse_matmul_chain(*w, p, *w2, p2, par, lock.owns_lock() ? &scratch : &own);
+    graphprune::AlignedVector<float> own_y;
+    graphprune::sparse_matmul_chain(*w, p, *w2, p2, par, lock.owns_lock() ? &scratch : &own,
+                                    lock.owns_lock() ? &y_scratch : &own_y);
     return nullptr;
   }
 };
@@ -465,8 +479,9 @@ ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
   return graphprune::ort::sparse_input_characteristic(base_input(i));
 }
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp*, size_t) {
-  return INPUT_OUTPUT_REQUIRED;
+// A chain's first output may be left out (a MatMul's that only the chained one reads).
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp* op, size_t i) {
+  return is_chain(op) && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 OrtMemType ORT_API_CALL op_input_mem(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
 int ORT_API_CALL op_one(const OrtCustomOp*) { return 1; }
@@ -529,6 +544,7 @@ OpDef make_op(const char* name, bool conv, bool chain = false, bool softmax = fa
 OpDef g_sparse_matmul = make_op("SparseMatMul", false);
 OpDef g_sparse_conv = make_op("SparseConv", true);
 OpDef g_sparse_conv_chain = make_op("SparseConvChain", true, true);
+OpDef g_sparse_matmul_chain = make_op("SparseMatMulChain", false, true);
 OpDef g_softmax_nan_to_zero = make_op("SoftmaxNanToZero", false, false, true);
 
 std::mutex g_domains_mu;
@@ -562,6 +578,7 @@ GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, 
   OrtStatus* st = api->CustomOpDomain_Add(domain, &g_sparse_matmul.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_conv_chain.op);
+  if (!st) st = api->CustomOpDomain_Add(domain, &g_sparse_matmul_chain.op);
   if (!st) st = api->CustomOpDomain_Add(domain, &g_softmax_nan_to_zero.op);
   if (!st) st = api->AddCustomOpDomain(options, domain);
   if (st) {

@@ -151,13 +151,15 @@ struct Problem {
 void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
                    AlignedVector<float>* scratch);
 
-// A convolution then a pointwise one on its output: p as for sparse_matmul (kConv or
-// kChannels), then Z = act2(Y @ W2 + bias2) with p2 in the kChannels layout, p2.x == p.y. Where
-// both take the chunk-task path with the same chunks, each chunk of Y is multiplied by W2 while
-// it is still in cache, instead of being read back from memory by a second pass (Y is still
-// written whole: other nodes read it). Otherwise the two passes, one after the other.
+// A convolution then a pointwise one on its output (p as for sparse_matmul, kConv or kChannels;
+// p2 kChannels), or two MatMuls (both kRows, p2.M == p.M): Z = act2(Y @ W2 + bias2), p2.x ==
+// p.y. Where both take the chunk-task path with the same chunks, each chunk of Y is multiplied
+// by W2 while it is still in cache, instead of being read back from memory by a second pass.
+// Y is written whole unless p.y is null (no other node reads it). Otherwise the two passes, one
+// after the other (through y_scratch, grown as needed, if p.y is null).
 void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
-                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch);
+                         const Problem& p2, Parallel& par, AlignedVector<float>* scratch,
+                         AlignedVector<float>* y_scratch);
 
 // y = softmax(x) over rows of d floats, where a row that would give NaN (a NaN or +inf in it,
 // or all -inf) gives zeros: ONNX Softmax -> IsNaN -> Where(isnan, 0, softmax), the guard

@@ -66,7 +66,7 @@ def _pair(rng, case, fmt, block):
 def test_chain_equals_two_nodes(fmt, block, case, threads):
     rng = np.random.default_rng(3)
     first, second, inits, feeds, (dense, dense_inits) = _pair(rng, case, fmt, block)
-    chain = gk.make_sparse_conv_chain_node(first, second)
+    chain = gk.make_sparse_chain_node(first, second)
     assert chain.op_type == "SparseConvChain" and list(chain.output) == ["Y", "Z"]
     got = gk.session(_model([chain], inits, feeds, ["Y", "Z"]), threads=threads).run(None, feeds)
     two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"]),
@@ -88,7 +88,7 @@ def test_chain_every_isa(fmt, block, isa, monkeypatch):
     with forced_isa(isa, monkeypatch):
         rng = np.random.default_rng(5)
         first, second, inits, feeds, _ = _pair(rng, "1x1-residual-many", fmt, block)
-        chain = gk.make_sparse_conv_chain_node(first, second)
+        chain = gk.make_sparse_chain_node(first, second)
         got = gk.session(_model([chain], inits, feeds, ["Y", "Z"])).run(None, feeds)
         two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"])).run(None, feeds)
         for g, t in zip(got, two):
@@ -113,13 +113,13 @@ def test_chain_blockers():
         masked_conv_weight(rng, 19, 22, (1, 1), "bsr", (4, 4)), "Q", "Z", format="bsr",
         block=(4, 4))[0])
     with pytest.raises(ValueError, match="cannot chain"):
-        gk.make_sparse_conv_chain_node(first, with_res)
+        gk.make_sparse_chain_node(first, with_res)
 
 
 def test_chain_missing_n2_is_a_clear_error():
     rng = np.random.default_rng(2)
     first, second, inits, feeds, _ = _pair(rng, "3x3-many", "csr", (1, 1))
-    chain = gk.make_sparse_conv_chain_node(first, second)
+    chain = gk.make_sparse_chain_node(first, second)
     del chain.attribute[[a.name for a in chain.attribute].index("n2")]
     with pytest.raises(Exception, match="n2"):
         gk.session(_model([chain], inits, feeds, ["Y", "Z"]))
@@ -138,8 +138,67 @@ def test_chain_streams_a_large_second_output(fmt, block):
                                          **fmt_kwargs(fmt, block))
     second, i2 = gk.make_sparse_conv_node(cw2, "Y", "Z", prefix="b", **fmt_kwargs(fmt, block))
     feeds = {"X": x}
-    chain = gk.make_sparse_conv_chain_node(first, second)
+    chain = gk.make_sparse_chain_node(first, second)
     got = gk.session(_model([chain], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
     two = gk.session(_model([first, second], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
     for g, t in zip(got, two):
         assert_close(g, t.astype(np.float64))
+
+
+MATMUL_FORMATS = [("bsr", (1, 4)), ("bsr", (4, 4)), ("csr", (1, 1)), ("nm", (2, 4))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("keep_first", [True, False], ids=["Y-kept", "Y-left-out"])
+@pytest.mark.parametrize("rows", [(2, 300), (1, 20)], ids=["many-chunks", "few-chunks"])
+@pytest.mark.parametrize("fmt,block", MATMUL_FORMATS, ids=["bsr1x4", "bsr4x4", "csr", "nm2:4"])
+def test_matmul_chain_equals_two_nodes(fmt, block, rows, keep_first, threads):
+    """SparseMatMulChain (a transformer MLP's two MatMuls): Z equals the two nodes' on the
+    fused path (many chunks of rows) and the two-pass one (few), with Y written or left out
+    (then it only lives in cache, or in a reused buffer on the two-pass path)."""
+    from kernels_testlib import masked
+
+    rng = np.random.default_rng(13)
+    k, n, n2 = 40, 54, 33  # n: the second's K, off the block sizes
+    x = rng.standard_normal((*rows, k)).astype(np.float32)
+    w1 = masked(rng.standard_normal((k, n)).astype(np.float32), fmt, block)
+    w2 = masked(rng.standard_normal((n, n2)).astype(np.float32), fmt, block)
+    b1 = rng.standard_normal(n).astype(np.float32)
+    b2 = rng.standard_normal(n2).astype(np.float32)
+    first, i1 = gk.make_sparse_matmul_node(w1, "X", "Y", bias=b1, activation="gelu", prefix="a",
+                                           **fmt_kwargs(fmt, block))
+    second, i2 = gk.make_sparse_matmul_node(w2, "Y", "Z", bias=b2, prefix="b",
+                                            **fmt_kwargs(fmt, block))
+    feeds = {"X": x}
+    chain = gk.make_sparse_chain_node(first, second, keep_first=keep_first)
+    assert chain.op_type == "SparseMatMulChain"
+    outs = ["Y", "Z"] if keep_first else ["Z"]
+    sess = gk.session(_model([chain], i1 + i2, feeds, outs), threads=threads)
+    got = sess.run(None, feeds)
+    two = gk.session(_model([first, second], i1 + i2, feeds, outs),
+                     threads=threads).run(None, feeds)
+    for g, t in zip(got, two):
+        assert_close(g, t.astype(np.float64))
+    got_again = sess.run(None, feeds)  # reused scratch (the two-pass path's Y) gives the same
+    np.testing.assert_array_equal(got_again[-1], got[-1])
+
+
+def test_conv_chain_with_y_left_out():
+    rng = np.random.default_rng(14)
+    first, second, inits, feeds, _ = _pair(rng, "3x3-many", "bsr", (4, 4))
+    chain = gk.make_sparse_chain_node(first, second, keep_first=False)
+    assert list(chain.output) == ["", "Z"]
+    got = gk.session(_model([chain], inits, feeds, ["Z"])).run(None, feeds)[0]
+    want = gk.session(_model([first, second], inits, feeds, ["Z"])).run(None, feeds)[0]
+    assert_close(got, want.astype(np.float64))
+
+
+def test_matmul_chain_blockers():
+    rng = np.random.default_rng(15)
+    w = gk.mask_blocks(rng.standard_normal((16, 16)).astype(np.float32), 0.5, (4, 1))
+    a, _ = gk.make_sparse_matmul_node(w, "X", "Y", format="bsr", block=(4, 1))
+    b, _ = gk.make_sparse_matmul_node(w, "Y", "Z", format="bsr", block=(4, 1))
+    assert "kernels of their own" in gk.chain_blocker(a, b)
+    conv, _ = gk.make_sparse_conv_node(w.T.reshape(16, 16, 1, 1), "Y", "Z", format="bsr",
+                                       block=(4, 1))
+    assert "one is a SparseConv" in gk.chain_blocker(a, conv)

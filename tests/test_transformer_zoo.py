@@ -139,8 +139,12 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     config = SparsifyConfig(sparsity=0.8, pattern="unstructured", measure=False)
     result = graphprune.prune(str(path), ratio=0.0, sparse=config, verify=False)
     acts = [onnx.helper.get_attribute_value(a) for n in result.model.graph.node
-            if n.op_type == "SparseMatMul" for a in n.attribute if a.name == "activation"]
+            if n.op_type in ("SparseMatMul", "SparseMatMulChain") for a in n.attribute
+            if a.name == "activation"]
     assert acts.count(b"gelu") == 4  # one per layer
+    # each MLP's two MatMuls run as one chain, its hidden activation only in cache
+    chains = [n for n in result.model.graph.node if n.op_type == "SparseMatMulChain"]
+    assert len(chains) == 4 and all(n.output[0] == "" for n in chains)
     ops = tz.op_histogram(result.model)
     assert ops.get("Erf", 0) == 0 and ops.get("Gelu", 0) == 0
     # torch's Softmax -> IsNaN -> Where guard after each attention softmax runs as one pass

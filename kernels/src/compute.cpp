@@ -78,7 +78,7 @@ struct XTJob {
   bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
   bool stream = false;      // chunk tasks: streaming stores into Y (kStreamBytes)
   int64_t prefetch_end = 0;  // chunk tasks: the input of chunks below it may be prefetched
-  // sparse_matmul_chain: the pointwise job run on each finished chunk of Y, and (in a chunk
+  // sparse_matmul_chain: the second op's job, run on each finished chunk of Y, and (in a chunk
   // task) the buffer that store_tile fills with that chunk, in the packed-chunk layout.
   const XTJob* chain = nullptr;
   float* chain_xt = nullptr;

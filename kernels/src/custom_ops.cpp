@@ -193,7 +193,7 @@ struct Kernel {
   // SoftmaxNanToZero (none of the weight fields are used then).
   bool softmax = false;
   int64_t axis = -1;
-  // SparseConvChain: the pointwise conv applied to Y.
+  // SparseConvChain / SparseMatMulChain: the second op, applied to Y.
   bool chain = false;
   FormatSpec spec2;
   Activation act2 = Activation::kNone;

@@ -20,8 +20,8 @@ namespace ort {
 enum SparseInput : size_t {
   kX = 0, kValues = 1, kIndices = 2, kRowPtr = 3, kBias = 4, kResidual = 5, kNumInputs = 6
 };
-// SparseConvChain (CPU only) takes those, then the second (pointwise) weight and its bias:
-// input kValues2 + i is like input kValues + i.
+// SparseConvChain / SparseMatMulChain (CPU only) take those, then the second weight and its
+// bias: input kValues2 + i is like input kValues + i.
 enum ChainInput : size_t {
   kValues2 = 6, kIndices2 = 7, kRowPtr2 = 8, kBias2 = 9, kNumChainInputs = 10
 };

@@ -1,8 +1,9 @@
-"""SparseConvChain: a conv (any SparseConv) and the pointwise SparseConv that reads its output,
-in one node. Where both take the chunk-task path with the same chunks, each chunk of Y is
-multiplied by the second weight while still in cache; elsewhere the two run one after the
-other. Both outputs must equal the two separate nodes' (and ONNX Runtime's dense Conv chain),
-on either path, for every weight format (blocks along K pad W2's K with zero rows), each ISA."""
+"""SparseConvChain and SparseMatMulChain: a conv (any SparseConv) and the pointwise SparseConv
+that reads its output, or two SparseMatMul, in one node. Where both take the chunk-task path
+with the same chunks, each chunk of Y is multiplied by the second weight while still in cache;
+elsewhere the two run one after the other. The outputs must equal the two separate nodes' (and
+ONNX Runtime's dense convs), on either path, with Y written or left out, for every weight
+format (blocks along K pad W2's K with zero rows), each ISA."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("library")
 CASES = {
     "1x1-residual-many": ((1, 1), (0, 0, 0, 0), (4, 12, 16, 17), True),
     "3x3-many": ((3, 3), (1, 1, 1, 1), (2, 6, 20, 21), False),
-    "3x3s-few": ((3, 3), (1, 1, 1, 1), (1, 5, 5, 6), False),
+    "3x3-few": ((3, 3), (1, 1, 1, 1), (1, 5, 5, 6), False),
 }
 
 

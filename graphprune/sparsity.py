@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .coupling import attr
 from .errors import UsageError
 from .ir import Graph
 
@@ -513,7 +514,7 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
         rewrites = _check_whole_model(graph, rewrites, report, config, say)
     _rewrite(graph, rewrites)
     if config.chain:
-        report.chained = chain_pointwise(graph)
+        report.chained = chain_sparse_nodes(graph)
     if config.fuse_softmax_guard and rewrites:
         report.softmax_guards = fuse_softmax_guards(graph)
     return report
@@ -688,11 +689,10 @@ def _rewrite(graph: Graph, rewrites) -> None:
         graph.model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
     _note_library(graph)
     graph.reindex()
-    for name in [n for n in graph.weights if not graph._used(n)]:
-        del graph.weights[name]
+    _drop_unused_weights(graph)
 
 
-def chain_pointwise(graph: Graph) -> list[list[str]]:
+def chain_sparse_nodes(graph: Graph) -> list[list[str]]:
     """Chains each sparse node onto the one whose output it reads, where the kernel can take
     both at once (see kernels.chain_blocker; one per producer, in graph order): the chain node
     takes the producer's place and writes both outputs, the first only if another node reads
@@ -756,9 +756,8 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
         out = node.output[0]
         if graph.dtypes.get(node.input[0]) != TensorProto.FLOAT or out in outputs:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         rank = graph.rank(node.input[0])
-        axis = attrs.get("axis", -1 if graph.opset >= 13 else 1)
+        axis = attr(node, "axis", -1 if graph.opset >= 13 else 1)
         if not (axis == -1 or (rank is not None and axis == rank - 1)):
             continue
         users = graph.consumers(out)
@@ -782,9 +781,14 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
     graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in drop]
     _note_library(graph)
     graph.reindex()
+    _drop_unused_weights(graph)
+    return names
+
+
+def _drop_unused_weights(graph: Graph) -> None:
+    """Removes the initializers no node reads any more (the dense weights a rewrite replaced)."""
     for name in [n for n in graph.weights if not graph._used(n)]:
         del graph.weights[name]
-    return names
 
 
 def _note_library(graph: Graph) -> None:

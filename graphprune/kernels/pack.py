@@ -512,7 +512,7 @@ def make_sparse_conv_model(conv_weight, *, input_shape=None, name: str = "sparse
     from onnx import TensorProto, helper
 
     node, inits = make_sparse_conv_node(conv_weight, "X", "Y", name=name, **kwargs)
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     rank = len(attrs["kernel_shape"])
     k, n = attrs["k"], attrs["n"]
     c = k // int(np.prod(attrs["kernel_shape"]))

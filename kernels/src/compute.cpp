@@ -195,11 +195,11 @@ struct Isa {
 
 const Isa kGeneric = {"generic", 4, 0, 2, isa_generic::xt_pack_task, isa_generic::xt_compute_task,
                       isa_generic::row_task, isa_generic::chunk_task, isa_generic::outer_task,
-                     isa_generic::softmax_task};
+                      isa_generic::softmax_task};
 #ifdef GP_HAVE_X86_DISPATCH
 const Isa kAvx2 = {"avx2", 8, 4, 2, isa_avx2::xt_pack_task, isa_avx2::xt_compute_task,
                    isa_avx2::row_task, isa_avx2::chunk_task, isa_avx2::outer_task,
-                     isa_avx2::softmax_task};
+                   isa_avx2::softmax_task};
 #ifdef GP_ENABLE_AVX512
 const Isa kAvx512 = {"avx512", 16, 8, 4, isa_avx512::xt_pack_task, isa_avx512::xt_compute_task,
                      isa_avx512::row_task, isa_avx512::chunk_task, isa_avx512::outer_task,
@@ -276,6 +276,12 @@ void pick_vectors(const Isa& isa, const PackedWeight& w, int64_t rows, int* vl, 
   if (w.bc == 4) n = std::min<int64_t>(n, isa.nv_max_bc4);
   *vl = v;
   *nv = n;
+}
+
+// Whether a chunk is multiplied K panel by K panel: only when it has several panels and its
+// packed rows would not fit kChunkBytes at once.
+bool uses_panels(const PackedWeight& w, int64_t mb) {
+  return w.npanels > 1 && w.Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
 }
 
 // The chunk-task settings shared by sparse_matmul and sparse_matmul_chain: one column range,
@@ -369,7 +375,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     job.chunks_per_image = (p.P + mb - 1) / mb;
     job.nchunks = p.batch * job.chunks_per_image;
   }
-  job.panels = w.npanels > 1 && Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
+  job.panels = uses_panels(w, mb);
 
   // Many chunks: one task per chunk packs it into its thread's buffer and runs every column
   // on it while it is in cache. Packing every chunk first wrote a copy of X (the size of X for
@@ -459,7 +465,8 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
   if (!fused) {  // two passes; a Y that no node reads goes to a temporary
     Problem first = p, second = p2;
     if (!first.y) {
-      if (y_scratch->size() < static_cast<size_t>(M * w.N)) y_scratch->resize(static_cast<size_t>(M * w.N));
+      const size_t y_floats = static_cast<size_t>(M * w.N);
+      if (y_scratch->size() < y_floats) y_scratch->resize(y_floats);
       first.y = y_scratch->data();
     }
     second.x = first.y;
@@ -481,7 +488,7 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
     j.mb = mb;
     j.chunks_per_image = rows ? 1 : per_image;
     j.nchunks = nchunks;
-    j.panels = ws[i]->npanels > 1 && ws[i]->Kp * mb * static_cast<int64_t>(sizeof(float)) > kChunkBytes;
+    j.panels = uses_panels(*ws[i], mb);
     setup_chunk_tasks(*ws[i], M, &j, i == 0 ? &ranges : &ranges2);
   }
   job.chain = &job2;

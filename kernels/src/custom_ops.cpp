@@ -90,13 +90,28 @@ OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& w
   return api->CreateStatus(ORT_INVALID_ARGUMENT, m.c_str());
 }
 
+// Reads an optional bias input: null when absent, else float data of exactly n elements.
+// `label` names the input and its count attribute in the error ("bias", "n").
+OrtStatus* read_bias(const OrtApi* api, const std::string& node, const OrtValue* value, int64_t n,
+                     const char* label, const char* count_attr, const float** out) {
+  *out = nullptr;
+  if (!value) return nullptr;
+  TensorView b;
+  GP_RETURN_IF_ERROR(view_tensor(api, value, &b));
+  if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || static_cast<int64_t>(b.count) != n)
+    return fail(api, node, std::string(label) + " must be float with " + count_attr + " = " +
+                               std::to_string(n) + " elements");
+  *out = static_cast<const float*>(b.data);
+  return nullptr;
+}
+
 // --- kernel ---------------------------------------------------------------------------------------
 
 struct OpDef {
   OrtCustomOp op;  // first member: ORT hands back &op
   const char* name;
   bool conv;
-  bool chain;    // SparseConvChain
+  bool chain;    // SparseConvChain, SparseMatMulChain
   bool softmax;  // SoftmaxNanToZero
 };
 
@@ -316,13 +331,7 @@ struct Kernel {
     if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
       return fail(api, name, std::string("input X must be float, got ") + type_name(x.type));
     const float* bias = nullptr;
-    if (in[kBias]) {
-      TensorView b;
-      GP_RETURN_IF_ERROR(view_tensor(api, in[kBias], &b));
-      if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || static_cast<int64_t>(b.count) != spec.n)
-        return fail(api, name, "bias must be float with n = " + std::to_string(spec.n) + " elements");
-      bias = static_cast<const float*>(b.data);
-    }
+    GP_RETURN_IF_ERROR(read_bias(api, name, in[kBias], spec.n, "bias", "n", &bias));
 
     Problem p;
     p.x = static_cast<const float*>(x.data);
@@ -379,13 +388,7 @@ struct Kernel {
     Problem p2;
     p2.x = p.y;
     p2.act = act2;
-    if (in[kBias2]) {
-      TensorView b;
-      GP_RETURN_IF_ERROR(view_tensor(api, in[kBias2], &b));
-      if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || static_cast<int64_t>(b.count) != spec2.n)
-        return fail(api, name, "bias2 must be float with n2 = " + std::to_string(spec2.n) + " elements");
-      p2.bias = static_cast<const float*>(b.data);
-    }
+    GP_RETURN_IF_ERROR(read_bias(api, name, in[kBias2], spec2.n, "bias2", "n2", &p2.bias));
     std::vector<int64_t> zshape = yshape;
     if (conv) {
       zshape[1] = spec2.n;

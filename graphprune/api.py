@@ -304,7 +304,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
     report.params_after, report.macs_after = count_params(graph), count_macs(graph)
     clock.lap(report, "apply")
 
-    _check_interface(interface, shell, loaded_weights, source)
+    _check_interface(interface, shell, loaded_weights | graph.weights.keys(), source)
     if sparse is not None:
         _sparsify(graph, report, sparse, clock, say, calib)
     return _verified(PruneResult(graph, plan, report), reference, source, clock, say, "pruned")
@@ -339,7 +339,8 @@ def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, refe
                    say: Progress, calib=None) -> PruneResult:
     """The pipeline without channel pruning: canonical graph -> sparsity pass -> verify."""
     report.params_after, report.macs_after = report.params_before, report.macs_before
-    _check_interface(interface, graph.to_model(embed_limit=-1), loaded_weights, source)
+    _check_interface(interface, graph.to_model(embed_limit=-1),
+                     loaded_weights | graph.weights.keys(), source)
     _sparsify(graph, report, config, clock, say, calib)
     empty = Plan(criterion="", ratio=0.0, round_to=1, groups=[])
     return _verified(PruneResult(graph, empty, report), reference, source, clock, say, "sparse")
@@ -436,7 +437,8 @@ def _first_line(err: BaseException) -> str:
 
 def _check_interface(original: onnx.ModelProto, result: onnx.ModelProto, weights: set[str],
                      source: str) -> None:
-    """Graph inputs and outputs keep their names, types and shapes (invariant 3)."""
+    """Graph inputs and outputs keep their names, types and shapes (invariant 3). `weights`
+    are the weight names before and after: IR < 4 models also list those among the inputs."""
     def interface(m):
         own = {t.name for t in m.graph.initializer}
         return [(v.name, v.type.SerializeToString()) for v in list(m.graph.input) +

@@ -291,12 +291,15 @@ class Graph:
         g.node.extend(self.nodes)
         del g.value_info[:]
         declared = []
+        listed = {v.name for v in g.input}  # IR < 4: weights listed as inputs are kept below
         for name, array in self.weights.items():
             if not self._used(name):
                 continue
             if embed_limit == -1:
                 continue
             if embed_limit is not None and array.size > embed_limit:
+                if name in listed:
+                    continue
                 declared.append(helper.make_tensor_value_info(
                     name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
             else:

@@ -673,6 +673,7 @@ def _shape_text(cand: Candidate, x_shape: tuple | None = None) -> str:
 
 def _rewrite(graph: Graph, rewrites) -> None:
     from .kernels import DOMAIN, OPSET_VERSION
+    from .passes.base import add_weight
 
     if not rewrites:
         return
@@ -684,7 +685,7 @@ def _rewrite(graph: Graph, rewrites) -> None:
                    if id(n) in anchor or id(n) not in drop]
     for _, _, inits in rewrites:
         for t in inits:
-            graph.weights[t.name] = numpy_helper.to_array(t)
+            add_weight(graph, t.name, numpy_helper.to_array(t))
     if not any(o.domain == DOMAIN for o in graph.model.opset_import):
         graph.model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
     _note_library(graph)
@@ -786,9 +787,11 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
 
 
 def _drop_unused_weights(graph: Graph) -> None:
-    """Removes the initializers no node reads any more (the dense weights a rewrite replaced)."""
-    for name in [n for n in graph.weights if not graph._used(n)]:
-        del graph.weights[name]
+    """Removes the dense weights a rewrite replaced (and, in IR < 4 models, their graph-input
+    entries, which would otherwise become required inputs)."""
+    from .passes.base import drop_unused_weights
+
+    drop_unused_weights(graph, list(graph.weights))
 
 
 def _note_library(graph: Graph) -> None:

@@ -507,6 +507,17 @@ def with_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def as_old_ir(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` as IR 3 files are written (old exporters, the model zoo's opset 7-8
+    files): every initializer is also declared as a graph input."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.ir_version = 3
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in m.graph.initializer)
+    return m
+
+
 def save_with_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Save ``model`` to ``path`` with all weights in one external file ``<name>.data`` beside it."""
     path = os.fspath(path)

@@ -17,7 +17,7 @@ from graphprune.sparsity import (PATTERNS, Pattern, SparsifyConfig, find_candida
                                  masked_reference, uses_sparse_ops)
 from graphprune.verify import random_inputs
 from models.attention import ATTENTION_BLOCKS
-from models.blocks import BLOCKS
+from models.blocks import BLOCKS, as_old_ir
 
 
 @pytest.fixture(autouse=True)
@@ -246,6 +246,20 @@ def test_pointwise_conv_is_chained_onto_the_conv_it_reads(pattern):
         sparsity=0.8, pattern=pattern, measure=False, chain=False))
     assert [n.op_type for n in apart.model.graph.node] == ["SparseConv"] * 3
     assert not apart.report.sparsity.chained
+
+
+def test_old_ir_model_lists_the_packed_weights_as_inputs():
+    # IR 3 files declare every initializer as a graph input too: the packed weights must be
+    # declared (the checker requires it) and the replaced dense ones must not become inputs.
+    model = as_old_ir(BLOCKS["resnet_basic"](0))
+    config = SparsifyConfig(sparsity=0.8, pattern="4x4", measure=False)
+    result, _ = _sparsify_and_compare(model, config)
+    onnx.checker.check_model(result.model, full_check=True)
+    weights = {t.name for t in result.model.graph.initializer}
+    inputs = {v.name for v in result.model.graph.input}
+    assert weights <= inputs
+    assert inputs - weights == {v.name for v in model.graph.input} - {
+        t.name for t in model.graph.initializer}
 
 
 def _softmax_guard_model(extra_reader: bool = False) -> onnx.ModelProto:

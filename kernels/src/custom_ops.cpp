@@ -91,7 +91,7 @@ OrtStatus* fail(const OrtApi* api, const std::string& node, const std::string& w
 }
 
 // Reads an optional bias input: null when absent, else float data of exactly n elements.
-// `label` names the input and its count attribute in the error ("bias", "n").
+// The error names the input (`label`, "bias") and the attribute that gives n (`count_attr`, "n").
 OrtStatus* read_bias(const OrtApi* api, const std::string& node, const OrtValue* value, int64_t n,
                      const char* label, const char* count_attr, const float** out) {
   *out = nullptr;

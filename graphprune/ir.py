@@ -291,24 +291,27 @@ class Graph:
         g.node.extend(self.nodes)
         del g.value_info[:]
         declared = []
-        listed = {v.name for v in g.input}  # IR < 4: weights listed as inputs are kept below
+        listed = {v.name for v in g.input}
+        old_ir = 0 < self.model.ir_version < 4  # there every initializer is also a graph input
         for name, array in self.weights.items():
-            if not self._used(name):
-                continue
-            if embed_limit == -1:
+            if not self._used(name) or embed_limit == -1:
                 continue
             if embed_limit is not None and array.size > embed_limit:
-                if name in listed:
-                    continue
-                declared.append(helper.make_tensor_value_info(
-                    name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+                if name not in listed and not old_ir:  # else declared with the weight inputs
+                    declared.append(helper.make_tensor_value_info(
+                        name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
             else:
                 g.initializer.append(numpy_helper.from_array(array, name))
-        # Inputs that name weights (IR < 4 models list them) must follow the weights' new shapes.
+        # Inputs that name weights follow the weights' new shapes, and go with the weights no
+        # node reads any more (not written, they would become required inputs); in IR < 4 a
+        # weight added since loading (a folded bias, a rewritten shape constant) is declared.
+        weight_names = [v.name for v in g.input if v.name in self.weights and self._used(v.name)]
+        if old_ir:
+            weight_names += [n for n in self.weights if n not in listed and self._used(n)]
         real_inputs = [v for v in g.input if v.name not in self.weights]
         weight_inputs = [helper.make_tensor_value_info(
-            v.name, helper.np_dtype_to_tensor_dtype(self.weights[v.name].dtype),
-            self.weights[v.name].shape) for v in g.input if v.name in self.weights]
+            n, helper.np_dtype_to_tensor_dtype(self.weights[n].dtype), self.weights[n].shape)
+            for n in weight_names]
         del g.input[:]
         g.input.extend(real_inputs + weight_inputs + declared)
         return model

@@ -248,10 +248,11 @@ def test_pointwise_conv_is_chained_onto_the_conv_it_reads(pattern):
     assert not apart.report.sparsity.chained
 
 
-def test_old_ir_model_lists_the_packed_weights_as_inputs():
+@pytest.mark.parametrize("name", ["resnet_basic", "yolo_csp"])
+def test_old_ir_model_lists_the_packed_weights_as_inputs(name):
     # IR 3 files declare every initializer as a graph input too: the packed weights must be
     # declared (the checker requires it) and the replaced dense ones must not become inputs.
-    model = as_old_ir(BLOCKS["resnet_basic"](0))
+    model = as_old_ir(BLOCKS[name](0))
     config = SparsifyConfig(sparsity=0.8, pattern="4x4", measure=False)
     result, _ = _sparsify_and_compare(model, config)
     onnx.checker.check_model(result.model, full_check=True)

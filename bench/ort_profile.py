@@ -137,6 +137,16 @@ def _zoo_variants(name: str, round_tos: list, tmp: str) -> tuple[list[str], list
 
     source = str(zoo.torchvision_model(name, "dynamo"))
     paths, labels = [source], ["original"]
+    # The original after graphprune's canonicalizing passes alone, nothing pruned: what the
+    # clean-up (BatchNorm folding, global pools for ReduceMean, ...) gains by itself, so the
+    # pruned models' gain over it is the pruning's.
+    from graphprune.api import canonicalize, load_graph
+    _, graph = load_graph(source)
+    canonicalize(graph)
+    path = os.path.join(tmp, f"{name}.canonical.onnx")
+    onnx.save(graph.to_model(), path)
+    paths.append(path)
+    labels.append("original, canonicalized")
     for value in round_tos:
         result = graphprune.prune(source, ratio=0.4, round_to=parse_round_to(value),
                                   verify=False)

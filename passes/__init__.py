@@ -10,14 +10,16 @@ from .base import Pass
 from .eliminate_dead import EliminateDeadNodes
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
+from .global_pool import ReduceToGlobalPool
 from .remove_identity import RemoveIdentity
 from .unshare_weights import UnshareWeights
 
 # Identities first so BN/const patterns are adjacent; constants before BN so BN parameters
 # computed from constant subgraphs are plain weights; dead code next, to sweep up orphans;
-# unsharing last, so that pruning never couples layers through a deduplicated constant.
+# global pools after constants, whose folding gives ReduceMean its axes; unsharing last, so
+# that pruning never couples layers through a deduplicated constant.
 DEFAULT_PASSES: tuple[Pass, ...] = (RemoveIdentity(), FoldConstants(), FoldBatchNorm(),
-                                    EliminateDeadNodes(), UnshareWeights())
+                                    ReduceToGlobalPool(), EliminateDeadNodes(), UnshareWeights())
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
@@ -39,4 +41,4 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
 
 
 __all__ = ["DEFAULT_PASSES", "EliminateDeadNodes", "FoldBatchNorm", "FoldConstants", "Pass",
-           "RemoveIdentity", "UnshareWeights", "run_passes"]
+           "ReduceToGlobalPool", "RemoveIdentity", "UnshareWeights", "run_passes"]

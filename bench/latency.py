@@ -649,7 +649,7 @@ def main(argv=None) -> int:
     rows = data.pop("models")
     jpath, mpath = write_results(args.out, rows, markdown({**data, "models": rows}), extra=data)
     partial.unlink(missing_ok=True)
-    log(f"wrote {jpath.relative_to(ROOT)} and {mpath.relative_to(ROOT)}")
+    log(f"wrote {jpath} and {mpath}")
     print(f"recommended round_to: {data['summary']['recommended_round_to']}", flush=True)
     return 0
 

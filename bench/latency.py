@@ -19,7 +19,8 @@ drift of the shared machine affects original and pruned alike; the block with
 the lowest median is kept for each variant (noise from other tenants only ever
 adds time), and every round's median is kept in the JSON. A model whose original
 runs at batch 1 in under ``--short-ms`` gets at least ``--short-rounds`` rounds:
-for such models the median differs by up to a third from one process to the next.
+for such models the median differs by up to 2.4x from one process to the next
+on this VM.
 
 Each child also records how many cores other processes kept busy during the
 block (/proc/stat); on this shared machine a block where that reaches
@@ -393,9 +394,10 @@ def bench_model(name: str, args, tmpdir: pathlib.Path, waits: dict) -> dict:
 def _rounds_for(original: dict[str, list[dict]], args) -> int:
     """Rounds for a model whose original runs at batch 1 in under --short-ms: at least
     --short-rounds. Each round times every variant in a fresh process, and for such small
-    models the steady-state median differs by up to a third from one process to the next on
-    this VM (MobileNetV3-Small at batch 16, one model, four processes in a row: 14.1 to
-    17.9 ms), so the lowest of a few processes' medians is what compares fairly."""
+    models the steady-state median differs widely from one process to the next on this VM
+    with nothing else running (MobileNetV3-Small at batch 1, the original, four processes:
+    1.12, 2.24, 2.72, 2.07 ms), so the lowest of a few processes' medians is what compares
+    fairly."""
     blocks = original.get("1") or []
     if blocks and min(x["median_ms"] for x in blocks) < args.short_ms:
         return args.short_rounds
@@ -617,9 +619,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.batches, args.round_to, args.runs, args.rounds = [1], [8, 16, "auto"], 20, 1
         args.short_rounds = 1
-    if (args.runs < 1 or args.rounds < 1 or args.attempts < 1 or not args.round_to
-            or not args.batches or min(args.batches) < 1):
-        p.error("--runs, --rounds, --attempts, --round-to and --batches must be positive")
+    if (args.runs < 1 or args.rounds < 1 or args.short_rounds < 1 or args.attempts < 1
+            or not args.round_to or not args.batches or min(args.batches) < 1):
+        p.error("--runs, --rounds, --short-rounds, --attempts, --round-to and --batches must be "
+                "positive")
 
     if args.models:
         names = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -38,6 +38,11 @@ class FoldBatchNorm:
             if _fold(graph, producer, bn):
                 removed.add(id(bn))
                 orphans.extend(old)
+                # Free the replaced weight now rather than after the sweep: otherwise every
+                # conv weight of the model is held twice at once (ONNX's light ResNet-50:
+                # +106 MiB of peak memory on a 98 MiB file).
+                graph.reindex()
+                drop_unused_weights(graph, old[:1])
         if not removed:
             return False
         graph.nodes = [n for n in graph.nodes if id(n) not in removed]

@@ -163,3 +163,35 @@ def test_opset9_bn_with_statistics_outputs_is_training_and_left():
                        [init("W", rand(4, 3, 3, 3))] + inits, opset=9)
     graph = load(model)
     assert FoldBatchNorm().run(graph) is False
+
+
+def test_replaced_weight_is_freed_before_the_next_fold(monkeypatch):
+    """Each conv's old weight goes as soon as its BN is folded, so a model is never held
+    twice over during the sweep (a shared weight stays while another node reads it)."""
+    import weakref
+
+    from graphprune.passes import fold_batchnorm
+
+    bn1, i1 = _bn("c1", "b1", 4, prefix="bn1")
+    bn2, i2 = _bn("c2", "b2", 4, prefix="bn2")
+    bn3, i3 = _bn("c3", "b3", 4, prefix="bn3")
+    model = make_model(
+        [helper.make_node("Conv", ["x", "W1"], ["c1"]), bn1,
+         helper.make_node("Conv", ["b1", "W2"], ["c2"]), bn2,
+         helper.make_node("Conv", ["b2", "W2"], ["c3"]), bn3],  # W2 read by two convs
+        [vi("x", [1, 4, 5, 5])], [vi("b3", [1, 4, 5, 5])],
+        [init("W1", rand(4, 4, 1, 1)), init("W2", rand(4, 4, 1, 1)), *i1, *i2, *i3])
+    graph = load(model)
+    originals = {name: weakref.ref(graph.weights[name]) for name in ("W1", "W2")}
+    alive_at_fold = []
+    fold = fold_batchnorm._fold
+
+    def recording_fold(g, node, bn):
+        alive_at_fold.append({n for n, ref in originals.items() if ref() is not None})
+        return fold(g, node, bn)
+
+    monkeypatch.setattr(fold_batchnorm, "_fold", recording_fold)
+    assert FoldBatchNorm().run(graph)
+    assert alive_at_fold == [{"W1", "W2"}, {"W2"}, {"W2"}]
+    assert "W1" not in graph.weights and "W2" not in graph.weights
+    assert_equivalent(model, graph)

@@ -51,8 +51,10 @@ def _rewrite(graph: Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         return None
     x, y = node.input[0], node.output[0]
     rank = graph.rank(x)
-    # Rank 4 only: a global pool averages every axis after the channels, which for rank 3 or 5
-    # is one or three axes, and those graphs rarely come from image models.
+    # Rank 4 only. A global pool averages every axis after the second, so for rank 3 it would
+    # also match ReduceMean over the last axis of [batch, sequence, hidden]: the statistics of
+    # a decomposed LayerNorm / RMSNorm, which ONNX Runtime's fusions and the coupling rules
+    # recognise only as ReduceMean.
     if rank != 4 or graph.dtypes.get(x) not in _FLOAT_TYPES:
         return None
     axes = _axes(graph, node)

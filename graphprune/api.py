@@ -90,6 +90,7 @@ class Report:
             f"params: {self.params_before:,} -> {self.params_after:,} "
             f"(x{self.param_ratio:.3f})",
             f"MACs:   {self.macs_before:,} -> {self.macs_after:,} (x{self.mac_ratio:.3f})",
+            f"clean-up: {', '.join(self.passes)}" if self.passes else "",
         ]
         if self.criterion:
             data = (f", calibration: {self.calibration_samples} samples from {self.calibration}"

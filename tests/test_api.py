@@ -135,3 +135,10 @@ def test_bn_scale_says_where_it_fell_back_to_l2():
     assert head.report.criterion == "bn_scale" and without_bn >= 1
     assert head.report.criterion_note.startswith(f"l2 for {without_bn} group")
     assert f"l2 for {without_bn} group" in head.report.summary()
+
+
+def test_summary_names_the_clean_up_passes_that_changed_the_graph():
+    result = prune(BLOCKS["resnet_basic"](0), ratio=0.5, verify=False)
+    assert "fold_batchnorm" in result.report.passes
+    line = next(x for x in result.report.summary().splitlines() if x.startswith("clean-up: "))
+    assert line.split(": ", 1)[1].split(", ") == result.report.passes

@@ -67,13 +67,18 @@ def drop_unused_weights(graph: Graph, names: Iterable[str]) -> None:
     Old-IR models also list weights among the graph inputs; those entries go too, or the
     exported model would turn a dropped weight into a required input."""
     outputs = set(graph.output_names)
-    dropped = {n for n in names
-               if n in graph.weights and not graph.consumers(n) and n not in outputs}
-    for name in dropped:
+    delete_weights(graph, {n for n in names
+                           if n in graph.weights and not graph.consumers(n) and n not in outputs})
+
+
+def delete_weights(graph: Graph, names: set[str]) -> None:
+    """Delete weights the caller knows nothing reads any more, with their old-IR input entries
+    (see drop_unused_weights, which checks that first)."""
+    for name in names:
         del graph.weights[name]
-    if dropped:
+    if names:
         inputs = graph.model.graph.input
-        keep = [v for v in inputs if v.name not in dropped]
+        keep = [v for v in inputs if v.name not in names]
         if len(keep) != len(inputs):
             del inputs[:]
             inputs.extend(keep)

@@ -67,7 +67,9 @@ struct XTJob {
   const PackedWeight* w = nullptr;
   const Problem* p = nullptr;
   int vl = 0, nv = 0;
-  int64_t mb = 0, nchunks = 0, chunks_per_image = 1;
+  // mb: floats per packed row of this chunk (nv vectors); pitch: where chunks start (mb of a
+  // full chunk). A chunk task narrows mb for an image's last, partial chunk (see chunk_task).
+  int64_t mb = 0, pitch = 0, nchunks = 0, chunks_per_image = 1;
   float* xt = nullptr;       // packed chunks chunk0, chunk0 + 1, ... (one wave)
   int64_t chunk0 = 0;        // first chunk of the wave in xt
   int64_t group = 1;         // chunk tasks: consecutive chunks per task
@@ -85,17 +87,17 @@ struct XTJob {
 
   void chunk_rows(int64_t c, int64_t* r0, int64_t* valid) const {
     if (p->layout == Layout::kRows) {
-      *r0 = c * mb;
+      *r0 = c * pitch;
       *valid = std::min(mb, p->M - *r0);
     } else {
-      const int64_t p0 = (c % chunks_per_image) * mb;
+      const int64_t p0 = (c % chunks_per_image) * pitch;
       *r0 = p0;
       *valid = std::min(mb, p->P - p0);
     }
   }
   void chunk_image(int64_t c, int64_t* img, int64_t* p0) const {
     *img = c / chunks_per_image;
-    *p0 = (c % chunks_per_image) * mb;
+    *p0 = (c % chunks_per_image) * pitch;
   }
   float* chunk_xt(int64_t c) const { return xt + (c - chunk0) * w->Kp * mb; }
 };
@@ -367,7 +369,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   job.p = &p;
   job.vl = vl;
   job.nv = static_cast<int>(nv);
-  job.mb = mb;
+  job.mb = job.pitch = mb;
   job.interleave = interleave;
   if (p.layout == Layout::kRows) {
     job.nchunks = (p.M + mb - 1) / mb;
@@ -485,7 +487,7 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
     j.p = ps[i];
     j.vl = vl;
     j.nv = static_cast<int>(nv);
-    j.mb = mb;
+    j.mb = j.pitch = mb;
     j.chunks_per_image = rows ? 1 : per_image;
     j.nchunks = nchunks;
     j.panels = uses_panels(*ws[i], mb);

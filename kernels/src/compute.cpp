@@ -67,8 +67,9 @@ struct XTJob {
   const PackedWeight* w = nullptr;
   const Problem* p = nullptr;
   int vl = 0, nv = 0;
-  // mb: floats per packed row of this chunk (nv vectors); pitch: where chunks start (mb of a
-  // full chunk). A chunk task narrows mb for an image's last, partial chunk (see chunk_task).
+  // mb: floats per packed row of this chunk (nv vectors); pitch: where chunks start, and the
+  // size of their slots in xt (mb of a full chunk). mb is narrowed for an image's last, partial
+  // chunk (see narrow_partial_chunk).
   int64_t mb = 0, pitch = 0, nchunks = 0, chunks_per_image = 1;
   float* xt = nullptr;       // packed chunks chunk0, chunk0 + 1, ... (one wave)
   int64_t chunk0 = 0;        // first chunk of the wave in xt
@@ -99,7 +100,7 @@ struct XTJob {
     *img = c / chunks_per_image;
     *p0 = (c % chunks_per_image) * pitch;
   }
-  float* chunk_xt(int64_t c) const { return xt + (c - chunk0) * w->Kp * mb; }
+  float* chunk_xt(int64_t c) const { return xt + (c - chunk0) * w->Kp * pitch; }
 };
 
 // softmax_nan_to_zero: rows [t * per_task, (t + 1) * per_task) per task.

@@ -158,6 +158,27 @@ def test_dynamic_input_sizes(library, fmt, block):
         assert_close(sess.run(None, {"X": x})[0], ref.run(None, {"X": x})[0])
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("fmt,block", FORMATS, ids=FORMAT_IDS)
+def test_short_last_chunks(library, fmt, block, kernel):
+    """An image's last chunk of pixels holding one or two vectors' worth (14x14 = 3 x 64 + 4,
+    10x8 = 64 + 16, 12x7 = 64 + 20 at 16-float vectors) is packed and multiplied narrower, in
+    its full-size slot among the chunks packed at once; the chunks after it start where they
+    would have."""
+    rng = np.random.default_rng(21)
+    cw = masked_conv_weight(rng, 11, 9, (kernel, kernel), fmt, block)
+    b = rng.standard_normal(11).astype(np.float32)
+    pads = (kernel // 2,) * 4
+    model = gk.make_sparse_conv_model(cw, bias=b, activation="relu", pads=pads,
+                                      **fmt_kwargs(fmt, block))
+    ref = dense_session(cw, b, "relu", (kernel, kernel), (1, 1), pads, (1, 1))
+    for threads in (1, 2):
+        sess = gk.session(model, threads=threads)
+        for shape in [(1, 9, 14, 14), (2, 9, 10, 8), (3, 9, 12, 7)]:
+            x = rng.standard_normal(shape).astype(np.float32)
+            assert_close(sess.run(None, {"X": x})[0], ref.run(None, {"X": x})[0])
+
+
 @pytest.mark.parametrize("fmt,block", [("bsr", (4, 4)), ("csr", (1, 1))], ids=["bsr4x4", "csr"])
 def test_large_images_run_in_waves(library, fmt, block):
     """More im2col chunks than one wave of scratch holds (several waves per image and batch)."""

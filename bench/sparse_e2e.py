@@ -5,7 +5,10 @@ ORT dense and DeepSparse 1.8 on the same zero-weight ONNX; and the accuracy each
     python bench/sparse_e2e.py --models resnet50 --batches 1 --no-quality   # a quick look
 
 Latency (one model at a time, in this process, 2 intra-op threads, ORT_ENABLE_ALL): warm-up,
-then >= --runs runs and >= --min-seconds of that model in a row; the median. Per model, batch
+then >= --runs runs and >= --min-seconds of that model in a row; the median. Every variant of a
+(model, batch, sparsity) is timed --rounds times in turn (default 2, order reversed every other
+round) and keeps its lowest median, so that a stretch of slow machine does not fall on one
+variant only. Per model, batch
 and sparsity:
 - **ORT dense**: the original model (random weights: ResNet-50 from torchvision, BERT-base from
   transformers, legacy exporter, cached by models/zoo.py and bench/_large_models.py).
@@ -120,9 +123,6 @@ def masked_model(path: Path, sparsity: float, pattern: str, dest: Path,
 
 
 def run_latency(args, tmp: Path) -> list[dict]:
-    import graphprune
-    from graphprune.sparsity import SparsifyConfig
-
     rows = []
     deepsparse = None
     if not args.no_deepsparse:
@@ -138,45 +138,73 @@ def run_latency(args, tmp: Path) -> list[dict]:
         path = model_path(name)
         for batch in args.batches:
             feeds = feeds_for(path, batch)
-            dense = latency_ms(path, feeds, False, args)
-            print(f"{name} b{batch}: ORT dense {dense:.2f} ms", flush=True)
             for sparsity in args.sparsities:
-                row = {"model": name, "batch": batch, "sparsity": sparsity,
-                       "ort_dense_ms": dense, "patterns": {}}
-                for pattern in args.patterns:
-                    t0 = time.perf_counter()
-                    result = graphprune.prune(str(path), ratio=0.0, verify=False,
-                                              sparse=SparsifyConfig(
-                                                  sparsity=sparsity, pattern=pattern,
-                                                  batch=batch, threads=args.threads))
-                    compile_s = time.perf_counter() - t0
-                    out = graphprune.write(result, tmp / f"{name}.{pattern}.onnx")
-                    rep = result.report.sparsity
-                    ms = latency_ms(out, feeds, True, args)
-                    row["patterns"][pattern] = {
-                        "ms": ms, "speedup": dense / ms, "moved": len(rep.rewritten),
-                        "candidates": len(rep.nodes), "compile_s": compile_s,
-                        "timings_run": rep.timings_run}
-                    print(f"  s={sparsity} {pattern}: {ms:.2f} ms (x{dense / ms:.2f}), "
-                          f"{len(rep.rewritten)}/{len(rep.nodes)} nodes sparse, compile "
-                          f"{compile_s:.1f} s", flush=True)
-                if callable(deepsparse):
-                    masked = masked_model(path, sparsity, "unstructured", tmp / f"{name}.ds.onnx")
-                    try:
-                        got = deepsparse(str(masked), batch, threads=args.threads,
-                                         runs=args.runs, dims=named_dims(path))
-                        row["deepsparse"] = {"ms": got["median_ms"],
-                                             "speedup": dense / got["median_ms"],
-                                             "engine": got.get("engine", "")}
-                        print(f"  s={sparsity} DeepSparse: {got['median_ms']:.2f} ms "
-                              f"(x{dense / got['median_ms']:.2f})", flush=True)
-                    except Exception as err:  # noqa: BLE001
-                        row["deepsparse"] = {"error": str(err).splitlines()[0][:200]}
-                        print(f"  DeepSparse failed: {row['deepsparse']['error']}", flush=True)
-                elif deepsparse is not None:
-                    row["deepsparse"] = {"error": deepsparse}
-                rows.append(row)
+                rows.append(_latency_row(args, tmp, name, path, batch, feeds, sparsity,
+                                         deepsparse))
     return rows
+
+
+def _latency_row(args, tmp: Path, name: str, path: Path, batch: int, feeds: dict,
+                 sparsity: float, deepsparse) -> dict:
+    """Compiles every pattern (and DeepSparse's masked model), then times ORT dense, each
+    pattern and DeepSparse in turn, --rounds times (order reversed every other round), keeping
+    each one's lowest median: on a shared VM two threads sometimes run for minutes at one
+    thread's speed, and a single pass compared variants timed in different such stretches."""
+    import graphprune
+    from graphprune.sparsity import SparsifyConfig
+
+    row = {"model": name, "batch": batch, "sparsity": sparsity, "patterns": {}}
+    variants = [("dense", path, False)]
+    for pattern in args.patterns:
+        t0 = time.perf_counter()
+        result = graphprune.prune(str(path), ratio=0.0, verify=False,
+                                  sparse=SparsifyConfig(sparsity=sparsity, pattern=pattern,
+                                                        batch=batch, threads=args.threads))
+        compile_s = time.perf_counter() - t0
+        out = graphprune.write(result, tmp / f"{name}.{pattern}.onnx")
+        rep = result.report.sparsity
+        row["patterns"][pattern] = {"moved": len(rep.rewritten), "candidates": len(rep.nodes),
+                                    "compile_s": compile_s, "timings_run": rep.timings_run}
+        print(f"  s={sparsity} {pattern}: {len(rep.rewritten)}/{len(rep.nodes)} nodes sparse, "
+              f"compile {compile_s:.1f} s", flush=True)
+        variants.append((pattern, out, True))
+    if callable(deepsparse):
+        variants.append(("deepsparse",
+                         masked_model(path, sparsity, "unstructured", tmp / f"{name}.ds.onnx"),
+                         None))
+    elif deepsparse is not None:
+        row["deepsparse"] = {"error": deepsparse}
+
+    times: dict[str, list[float]] = {key: [] for key, _, _ in variants}
+    for rnd in range(args.rounds):
+        for key, model, custom in (variants if rnd % 2 == 0 else variants[::-1]):
+            if key == "deepsparse":
+                if "deepsparse" in row:  # failed in an earlier round
+                    continue
+                try:
+                    got = deepsparse(str(model), batch, threads=args.threads, runs=args.runs,
+                                     dims=named_dims(path))
+                except Exception as err:  # noqa: BLE001 - reported in the table, never fatal
+                    row["deepsparse"] = {"error": str(err).splitlines()[0][:200]}
+                    print(f"  DeepSparse failed: {row['deepsparse']['error']}", flush=True)
+                    continue
+                ms, engine = got["median_ms"], got.get("engine", "")
+            else:
+                ms = latency_ms(model, feeds, custom, args)
+            times[key].append(ms)
+            print(f"  {name} b{batch} s={sparsity} round {rnd + 1} {key}: {ms:.2f} ms", flush=True)
+    dense = min(times["dense"])
+    row["ort_dense_ms"], row["ort_dense_round_ms"] = dense, times["dense"]
+    for pattern in args.patterns:
+        ms = min(times[pattern])
+        row["patterns"][pattern].update(ms=ms, speedup=dense / ms, round_ms=times[pattern])
+        print(f"  s={sparsity} {pattern}: {ms:.2f} ms (x{dense / ms:.2f})", flush=True)
+    if times.get("deepsparse") and "deepsparse" not in row:
+        ms = min(times["deepsparse"])
+        row["deepsparse"] = {"ms": ms, "speedup": dense / ms, "engine": engine,
+                             "round_ms": times["deepsparse"]}
+        print(f"  s={sparsity} DeepSparse: {ms:.2f} ms (x{dense / ms:.2f})", flush=True)
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,18 +329,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="time every variant this many times in turn, keep each one's lowest median")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--out", default="sparse_e2e")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.runs < 1:
+        p.error("--rounds and --runs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="sparse-e2e-") as d:
         tmp = Path(d)
         lat = [] if args.no_latency else run_latency(args, tmp)
         qual = [] if args.no_quality else run_quality(args, tmp)
     md = ["# Sparse models end to end: ONNX Runtime dense vs graphprune's operators vs "
           "DeepSparse", "",
-          f"Speedup = ORT dense ms / ms, same run; {args.threads} threads; cells: speedup "
+          f"Speedup = ORT dense ms / ms, same run; {args.threads} threads; lowest median of "
+          f"{args.rounds} round(s) each; cells: speedup "
           f"(median ms, nodes moved to sparse ops / candidates). graphprune keeps a node dense "
           f"(and unmasked) where its cost model measured no gain. DeepSparse runs the masked "
           f"dense model (unstructured).", ""]

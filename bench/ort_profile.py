@@ -132,6 +132,8 @@ def table(labels: list[str], results: list[dict]) -> str:
 def _zoo_variants(name: str, round_tos: list, tmp: str) -> tuple[list[str], list[str]]:
     sys.path.insert(0, str(ROOT))
     import graphprune
+    from graphprune.api import canonicalize, load_graph
+    from graphprune.io import save_graph
     from graphprune.policy import parse_round_to
     from models import zoo
 
@@ -140,11 +142,10 @@ def _zoo_variants(name: str, round_tos: list, tmp: str) -> tuple[list[str], list
     # The original after graphprune's canonicalizing passes alone, nothing pruned: what the
     # clean-up (BatchNorm folding, global pools for ReduceMean, ...) gains by itself, so the
     # pruned models' gain over it is the pruning's.
-    from graphprune.api import canonicalize, load_graph
     _, graph = load_graph(source)
     canonicalize(graph)
     path = os.path.join(tmp, f"{name}.canonical.onnx")
-    onnx.save(graph.to_model(), path)
+    save_graph(*graph.split(), path)
     paths.append(path)
     labels.append("original, canonicalized")
     for value in round_tos:

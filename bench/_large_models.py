@@ -52,7 +52,8 @@ def large_model(name: str) -> pathlib.Path:
     names = ("input_ids", "attention_mask")
     ids = torch.randint(0, 1000, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.int64)
-    with tempfile.TemporaryDirectory(dir=default_cache_dir()) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache yet
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = os.path.join(tmp, "raw.onnx")
         with torch.no_grad():
             torch.onnx.export(tz._wrapper(model, names), (ids, mask), raw, dynamo=False,
@@ -66,7 +67,7 @@ def large_model(name: str) -> pathlib.Path:
         onnx.save_model(proto, final, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
         del proto
-        os.replace(final + "", path.with_suffix(".onnx.partial"))
+        os.replace(final, path.with_suffix(".onnx.partial"))
         os.replace(os.path.join(tmp, path.name + ".data"), path.parent / (path.name + ".data"))
         os.replace(path.with_suffix(".onnx.partial"), path)
     print(f"built {path} in {time.time() - start:.0f} s", file=sys.stderr)

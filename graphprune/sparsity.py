@@ -134,6 +134,7 @@ class SparsityReport:
     model_sparse_ms: float | None = None
     chained: list[list[str]] = field(default_factory=list)  # [first, second] node pairs
     softmax_guards: list[str] = field(default_factory=list)  # Softmax nodes fused with their guard
+    head_layouts: list[str] = field(default_factory=list)  # sparse nodes that absorbed transposes
 
     @property
     def rewritten(self) -> list[NodeDecision]:
@@ -172,6 +173,9 @@ class SparsityReport:
         if self.softmax_guards:
             lines.append(f"  {len(self.softmax_guards)} Softmax -> IsNaN -> Where guards fused "
                          f"into one pass (SoftmaxNanToZero)")
+        if self.head_layouts:
+            lines.append(f"  {len(self.head_layouts)} sparse MatMuls write or read attention "
+                         f"heads themselves (their Reshape -> Transpose removed)")
         kept = [d for d in self.nodes if d.decision == "dense"]
         reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
         for d in kept:
@@ -205,6 +209,10 @@ class SparsifyConfig:
     # Softmax -> IsNaN -> Where(isnan, 0, softmax) (torch's guard after attention softmaxes)
     # becomes one SoftmaxNanToZero node, where the model needs the library anyway.
     fuse_softmax_guard: bool = True
+    # A sparse MatMul whose output is split into attention heads (Reshape -> Transpose) writes
+    # them in that layout itself, and one whose input is merged from heads reads them (see
+    # sparse_heads.py). CPU only: the CUDA SparseMatMul refuses such nodes.
+    fuse_heads: bool = True
 
 
 CRITERIA = ("magnitude", "activation")
@@ -519,7 +527,20 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
         report.chained = chain_sparse_nodes(graph)
     if config.fuse_softmax_guard and rewrites:
         report.softmax_guards = fuse_softmax_guards(graph)
+    if config.fuse_heads and rewrites:
+        report.head_layouts = _fuse_heads(graph)
     return report
+
+
+def _fuse_heads(graph: Graph) -> list[str]:
+    """fuse_head_layouts, then the shape computations only the removed Reshapes read."""
+    from .passes.eliminate_dead import EliminateDeadNodes
+    from .sparse_heads import fuse_head_layouts
+
+    fused = fuse_head_layouts(graph)
+    if fused:
+        EliminateDeadNodes().run(graph)
+    return fused
 
 
 MODEL_CHECK_ROUNDS = 4

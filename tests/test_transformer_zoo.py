@@ -124,8 +124,9 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     Mul, Mul (opset 17), the dynamo one as a Gelu node (opset 20). Either way each MLP's first
     MatMul takes its Gelu into the sparse op (no Erf or Gelu node is left), torch's softmax
     guards (Softmax -> IsNaN -> Where; 4 in each export but the legacy ViT's) become
-    SoftmaxNanToZero, and the sparse model computes what the same weights masked in the dense
-    model compute."""
+    SoftmaxNanToZero, each layer's Q, K, V and output projections write or read the attention
+    heads themselves (their Reshape/Transpose pairs gone), and the sparse model computes what the
+    same weights masked in the dense model compute."""
     import graphprune
     from graphprune import kernels
     from graphprune.api import canonicalize, load_graph
@@ -154,6 +155,9 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     assert ops.get("graphprune::SoftmaxNanToZero", 0) == len(result.report.sparsity.softmax_guards) \
         == guards
     assert ops.get("IsNaN", 0) == sum(n.op_type == "IsNaN" for n in original) - guards
+    heads = result.report.sparsity.head_layouts
+    assert len(heads) == 16  # 4 layers x (Q, K, V, output projection)
+    assert ops.get("Transpose", 0) == sum(n.op_type == "Transpose" for n in original) - 16
     _, reference = load_graph(onnx.load(str(path)))
     canonicalize(reference)
     masked_reference(reference, result.report.sparsity, config)

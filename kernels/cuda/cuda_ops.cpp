@@ -316,6 +316,12 @@ OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** ou
   std::string err = graphprune::ort::read_weight_attrs(api, info, &k->spec, &act);
   if (!err.empty()) return fail(api, k->name, err);
   k->act = static_cast<int>(act);
+  int64_t heads = 0;
+  if (graphprune::ort::int_attr(api, info, "heads_in", &heads) ||
+      graphprune::ort::int_attr(api, info, "heads_out", &heads))
+    return fail(api, k->name,
+                "the CUDA SparseMatMul has no attention-head layouts (heads_in / heads_out): "
+                "sparsify with SparsifyConfig(fuse_heads=False) for the GPU");
 
   // Pack now if the weight inputs are initializers.
   const OrtValue* cv[3] = {nullptr, nullptr, nullptr};

@@ -329,7 +329,14 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     if (scratch->size() < need) scratch->resize(need);
     float* xpad = scratch->data();
     for (int64_t m = 0; m < p.M; ++m) {
-      std::memcpy(xpad + m * Kp, p.x + m * K, static_cast<size_t>(K) * sizeof(float));
+      if (p.x_heads.none()) {
+        std::memcpy(xpad + m * Kp, p.x + m * K, static_cast<size_t>(K) * sizeof(float));
+      } else {  // row m of X [B, H, S, D]: one run of D floats per head
+        const int64_t D = p.x_heads.dim, S = p.x_heads.seq;
+        const float* row = p.x + (m / S) * K * S + (m % S) * D;
+        for (int64_t h = 0; h < K / D; ++h)
+          std::memcpy(xpad + m * Kp + h * D, row + h * S * D, static_cast<size_t>(D) * sizeof(float));
+      }
       std::fill(xpad + m * Kp + K, xpad + (m + 1) * Kp, 0.0f);
     }
     const int64_t ntasks = std::max<int64_t>(
@@ -359,7 +366,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   // load per block), where such a chunk stays near L1. With a larger K the weights, streamed
   // once per chunk, cost more than that saves (measured on Zen 5: 768x768 at M = 128, 90 %:
   // x2.2-2.7 -> x3.0-3.7; 3072x768: x3.5 -> x3.0, so not there).
-  const bool interleave = !outer && p.layout == Layout::kRows && w.bc == 1 &&
+  const bool interleave = !outer && p.layout == Layout::kRows && p.x_heads.none() && w.bc == 1 &&
                           (w.br == 4 || w.br == 8) && w.br <= vl &&
                           w.Kp * vl * static_cast<int64_t>(sizeof(float)) <= kInterleaveChunkBytes;
   if (interleave) nv = 1;
@@ -462,7 +469,8 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
                               : p2.layout == Layout::kChannels && p2.batch == p.batch && p2.P == p.P;
   // 4x1 / 8x1 MatMul have paths of their own (interleaved chunks, outer products).
   auto own_paths = [](const PackedWeight& v) { return v.bc == 1 && (v.br == 4 || v.br == 8); };
-  const bool fused = same_rows && !(rows && (own_paths(w) || own_paths(w2))) && w2.K == w.N &&
+  const bool plain = p.x_heads.none() && p.y_heads.none() && p2.x_heads.none() && p2.y_heads.none();
+  const bool fused = plain && same_rows && !(rows && (own_paths(w) || own_paths(w2))) && w2.K == w.N &&
                      vl == vl2 && nv == nv2 && M > 0 && w.N > 0 && w2.N > 0 &&
                      nchunks >= kChunkTaskMin;
   if (!fused) {  // two passes; a Y that no node reads goes to a temporary

@@ -2,6 +2,12 @@
 // (ORT_API_VERSION 21; no link against libonnxruntime: the runtime hands us its OrtApiBase).
 //
 //   SparseMatMul(X[..., K], values, indices, row_ptr?, bias?, residual?) -> Y[..., N]
+//                Attention heads (optional attributes, SparseMatMul only): heads_in = H reads X
+//                as [B, H, S, D] with H * D = k (an attention output whose heads the graph would
+//                merge with Transpose(0,2,1,3) -> Reshape), rows b * S + s; heads_out = H writes
+//                Y [B, H, S, n / H] (heads_out_layout "bhsd", the default: Reshape ->
+//                Transpose(0,2,1,3)) or [B, H, n / H, S] ("bhds": Transpose(0,2,3,1), a key
+//                for Q K^T) from X [B, S, k]. No residual with heads_out.
 //   SparseConv  (X[B, C, H, W], values, indices, row_ptr?, bias?, residual?) -> Y[B, N, Ho, Wo]
 //                (residual: shaped like Y, added before the activation: Conv -> Add -> Relu)
 //                (a convolution, group 1, with W = conv_weight.reshape(N, -1)^T, K = C*kh*kw
@@ -205,6 +211,9 @@ struct Kernel {
   Activation act = Activation::kNone;
   bool prepacked = false;
   PackedWeight weight;
+  // SparseMatMul's attention-head layouts (heads_in, heads_out, heads_out_layout; 0: none).
+  int64_t heads_in = 0, heads_out = 0;
+  graphprune::HeadLayout out_layout = graphprune::HeadLayout::kSD;
   // SoftmaxNanToZero (none of the weight fields are used then).
   bool softmax = false;
   int64_t axis = -1;
@@ -287,6 +296,37 @@ struct Kernel {
     return nullptr;
   }
 
+  // SparseMatMul with heads_in / heads_out: rows b * S + s, and Y's shape.
+  OrtStatus* heads_problem(const TensorView& x, Problem* p, std::vector<int64_t>* yshape) const {
+    int64_t B = 0, S = 0;
+    if (heads_in) {
+      if (x.shape.size() != 4 || x.shape[1] != heads_in || x.shape[1] * x.shape[3] != spec.k)
+        return fail(api, name, "X " + join(x.shape) + " must be [batch, heads_in = " + std::to_string(heads_in) +
+                                   ", seq, " + std::to_string(spec.k / heads_in) + "] for heads_in and k = " +
+                                   std::to_string(spec.k));
+      B = x.shape[0];
+      S = x.shape[2];
+      p->x_heads = {graphprune::HeadLayout::kSD, x.shape[3], S};
+    } else {
+      if (x.shape.size() != 3 || x.shape[2] != spec.k)
+        return fail(api, name, "X " + join(x.shape) + " must be [batch, seq, k = " + std::to_string(spec.k) +
+                                   "] for heads_out");
+      B = x.shape[0];
+      S = x.shape[1];
+    }
+    p->layout = Layout::kRows;
+    p->M = B * S;
+    if (!heads_out) {
+      *yshape = {B, S, spec.n};
+      return nullptr;
+    }
+    const int64_t D = spec.n / heads_out;
+    p->y_heads = {out_layout, D, S};
+    if (out_layout == graphprune::HeadLayout::kSD) *yshape = {B, heads_out, S, D};
+    else *yshape = {B, heads_out, D, S};
+    return nullptr;
+  }
+
   OrtStatus* compute_softmax(OrtKernelContext* ctx) {
     const OrtValue* xv = nullptr;
     GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, 0, &xv));
@@ -338,7 +378,11 @@ struct Kernel {
     p.bias = bias;
     p.act = act;
     std::vector<int64_t> yshape = x.shape;
-    if (!conv) {
+    if (!conv && (heads_in || heads_out)) {
+      GP_RETURN_IF_ERROR(heads_problem(x, &p, &yshape));
+      if (heads_out && in[kResidual])
+        return fail(api, name, "a residual input cannot be combined with heads_out");
+    } else if (!conv) {
       if (x.shape.empty() || x.shape.back() != spec.k)
         return fail(api, name, "X must have last dimension k = " + std::to_string(spec.k));
       p.layout = Layout::kRows;
@@ -413,6 +457,25 @@ struct Kernel {
   }
 };
 
+// heads_in, heads_out, heads_out_layout (see the top of this file). "" or what is wrong.
+std::string read_head_attrs(const OrtApi* api, const OrtKernelInfo* info, Kernel* k, bool other_op) {
+  const bool has_in = int_attr(api, info, "heads_in", &k->heads_in);
+  const bool has_out = int_attr(api, info, "heads_out", &k->heads_out);
+  std::string layout;
+  const bool has_layout = string_attr(api, info, "heads_out_layout", &layout);
+  if (!has_in && !has_out && !has_layout) return "";
+  if (other_op) return "heads_in / heads_out / heads_out_layout are SparseMatMul attributes only";
+  if (k->heads_in < 0 || (k->heads_in > 0 && k->spec.k % k->heads_in != 0))
+    return "heads_in=" + std::to_string(k->heads_in) + " must divide k=" + std::to_string(k->spec.k);
+  if (k->heads_out < 0 || (k->heads_out > 0 && k->spec.n % k->heads_out != 0))
+    return "heads_out=" + std::to_string(k->heads_out) + " must divide n=" + std::to_string(k->spec.n);
+  if (has_layout && layout != "bhsd" && layout != "bhds")
+    return "heads_out_layout='" + layout + "' must be 'bhsd' or 'bhds'";
+  if (has_layout && !k->heads_out) return "heads_out_layout needs heads_out";
+  k->out_layout = layout == "bhds" ? graphprune::HeadLayout::kDS : graphprune::HeadLayout::kSD;
+  return "";
+}
+
 OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info, void** out) {
   const OpDef* def = reinterpret_cast<const OpDef*>(op);
   std::unique_ptr<Kernel> k(new (std::nothrow) Kernel());
@@ -434,6 +497,8 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
     err = read_conv_attrs(api, info, k->spec.k, &k->geom);
     if (!err.empty()) return fail(api, k->name, err);
   }
+  err = read_head_attrs(api, info, k.get(), def->conv || def->chain);
+  if (!err.empty()) return fail(api, k->name, err);
 
   // Pack now if the weight inputs are constant (initializers).
   const OrtValue* cv[3] = {nullptr, nullptr, nullptr};

@@ -133,6 +133,28 @@ struct ConvGeometry {
   int64_t Ho = 0, Wo = 0;        // output spatial size
 };
 
+// kRows only: an attention projection's heads, laid out by the op itself instead of by the
+// Reshape -> Transpose (or Transpose -> Reshape) around it. Rows m = b * seq + s, columns of the
+// merged side c = h * head_dim + d.
+//   y: kSD writes Y [B, H, S, D] (Transpose perm 0,2,1,3 of the split Y), kDS Y [B, H, D, S]
+//      (perm 0,2,3,1: a key already transposed for Q K^T).
+//   x: kSD reads X [B, H, S, D] (the heads of an attention output, merged into K = H * D).
+enum class HeadLayout : int { kNone = 0, kSD = 1, kDS = 2 };
+
+struct Heads {
+  HeadLayout layout = HeadLayout::kNone;
+  int64_t dim = 0;  // D
+  int64_t seq = 0;  // S
+  bool none() const { return layout == HeadLayout::kNone; }
+};
+
+// Where element (row m, column n) of an [M, N] result lies in head layout h (not kNone).
+inline int64_t head_offset(const Heads& h, int64_t N, int64_t m, int64_t n) {
+  const int64_t b = m / h.seq, s = m % h.seq, head = n / h.dim, d = n % h.dim;
+  const int64_t plane = b * (N / h.dim) + head;
+  return h.layout == HeadLayout::kSD ? (plane * h.seq + s) * h.dim + d : (plane * h.dim + d) * h.seq + s;
+}
+
 struct Problem {
   Layout layout = Layout::kRows;
   const float* x = nullptr;
@@ -145,6 +167,7 @@ struct Problem {
   // Added before the activation (a residual connection), laid out like y; or null.
   const float* residual = nullptr;
   Activation act = Activation::kNone;
+  Heads x_heads, y_heads;  // kRows only; no residual with y_heads
 };
 
 // scratch: grown as needed, reused between calls by the caller.

@@ -156,12 +156,14 @@ def _latency_row(args, tmp: Path, name: str, path: Path, batch: int, feeds: dict
     row = {"model": name, "batch": batch, "sparsity": sparsity, "patterns": {}}
     variants = [("dense", path, False)]
     for pattern in args.patterns:
+        base, _, option = pattern.partition("/")
         t0 = time.perf_counter()
         result = graphprune.prune(str(path), ratio=0.0, verify=False,
-                                  sparse=SparsifyConfig(sparsity=sparsity, pattern=pattern,
-                                                        batch=batch, threads=args.threads))
+                                  sparse=SparsifyConfig(sparsity=sparsity, pattern=base,
+                                                        batch=batch, threads=args.threads,
+                                                        fuse_heads=option != "no-heads"))
         compile_s = time.perf_counter() - t0
-        out = graphprune.write(result, tmp / f"{name}.{pattern}.onnx")
+        out = graphprune.write(result, tmp / f"{name}.{pattern.replace('/', '.')}.onnx")
         rep = result.report.sparsity
         row["patterns"][pattern] = {"moved": len(rep.rewritten), "candidates": len(rep.nodes),
                                     "compile_s": compile_s, "timings_run": rep.timings_run}
@@ -325,7 +327,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,16", type=lambda s: [int(v) for v in s.split(",")])
     p.add_argument("--sparsities", default="0.8,0.9",
                    type=lambda s: [float(v) for v in s.split(",")])
-    p.add_argument("--patterns", default=",".join(PATTERNS), type=lambda s: s.split(","))
+    p.add_argument("--patterns", default=",".join(PATTERNS), type=lambda s: s.split(","),
+                   help="sparsity patterns; PATTERN/no-heads: the same without sparse MatMuls "
+                        "absorbing attention-head transposes (SparsifyConfig.fuse_heads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=1.0)
@@ -338,6 +342,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.runs < 1:
         p.error("--rounds and --runs must be at least 1")
+    for pattern in args.patterns:
+        if pattern.partition("/")[2] not in ("", "no-heads"):
+            p.error(f"--patterns {pattern}: the only option after '/' is no-heads")
     with tempfile.TemporaryDirectory(prefix="sparse-e2e-") as d:
         tmp = Path(d)
         lat = [] if args.no_latency else run_latency(args, tmp)

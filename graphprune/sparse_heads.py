@@ -10,6 +10,7 @@ its 48 Transposes (ORT profile, 90 % unstructured).
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -52,6 +53,58 @@ def fuse_head_layouts(graph: Graph) -> list[str]:
             drop.update((id(reshape), id(transpose)))
         if split or merge:
             changed.append(node.name or node.output[0])
+    if changed:
+        graph.nodes = [n for n in graph.nodes if id(n) not in drop]
+        graph.reindex()
+    return changed
+
+
+def fold_scalar_scales(graph: Graph) -> list[str]:
+    """A sparse MatMul read only by a Mul with a scalar constant (and by Shape nodes) takes
+    the factor into its values and bias, and the Mul goes: c * (X W + b) = X (c W) + c b.
+    torch's scaled_dot_product_attention export scales Q and K by D**-0.25 each; after
+    fuse_head_layouts ONNX Runtime can no longer fold those Muls into its FusedMatMul. Only
+    without an activation or a residual, and where the constant's rank does not exceed the
+    output's (so broadcasting changes no shape). Returns the rewritten nodes' names."""
+    from .kernels import DOMAIN
+    from .passes.base import add_weight
+
+    outputs = set(graph.output_names)
+    drop: set[int] = set()
+    changed: list[str] = []
+    for node in graph.nodes:
+        if node.domain != DOMAIN or node.op_type != "SparseMatMul":
+            continue
+        if attr(node, "activation", b"none") not in (b"none", "none"):
+            continue
+        if len(node.input) > 5 and node.input[5]:
+            continue
+        # Besides the Mul only Shape may read Y (torch's exports take Q's shape there): the
+        # scaled tensor has the same shape, so those read it instead.
+        users = graph.consumers(node.output[0])
+        muls = [u for u in users if u.op_type == "Mul" and u.domain in ("", "ai.onnx")]
+        shapes = [u for u in users if u.op_type == "Shape" and u.domain in ("", "ai.onnx")]
+        if node.output[0] in outputs or len(muls) != 1 or len(muls) + len(shapes) != len(users):
+            continue
+        mul = muls[0]
+        other = mul.input[1] if mul.input[0] == node.output[0] else mul.input[0]
+        c = graph.const(other)
+        rank = graph.rank(node.output[0])
+        if c is None or c.size != 1 or c.dtype != np.float32 or not np.isfinite(c).all() or \
+                rank is None or c.ndim > rank or node.input[1] not in graph.weights:
+            continue
+        factor = np.float32(c.reshape(-1)[0])
+        inputs = list(node.input)
+        for i in (1, 4):  # values, bias
+            if i < len(inputs) and inputs[i]:
+                name = graph.unique_name(f"{inputs[i]}.scaled")
+                add_weight(graph, name, (graph.weights[inputs[i]] * factor).astype(np.float32))
+                node.input[i] = name
+        for shape in shapes:
+            shape.input[0] = mul.output[0]
+        node.output[0] = mul.output[0]
+        drop.add(id(mul))
+        changed.append(node.name or node.output[0])
     if changed:
         graph.nodes = [n for n in graph.nodes if id(n) not in drop]
         graph.reindex()

@@ -135,6 +135,7 @@ class SparsityReport:
     chained: list[list[str]] = field(default_factory=list)  # [first, second] node pairs
     softmax_guards: list[str] = field(default_factory=list)  # Softmax nodes fused with their guard
     head_layouts: list[str] = field(default_factory=list)  # sparse nodes that absorbed transposes
+    scales_folded: list[str] = field(default_factory=list)  # sparse nodes that absorbed a scalar Mul
 
     @property
     def rewritten(self) -> list[NodeDecision]:
@@ -176,6 +177,9 @@ class SparsityReport:
         if self.head_layouts:
             lines.append(f"  {len(self.head_layouts)} sparse MatMuls write or read attention "
                          f"heads themselves (their Reshape -> Transpose removed)")
+        if self.scales_folded:
+            lines.append(f"  {len(self.scales_folded)} scalar Muls after sparse MatMuls folded "
+                         f"into their weights")
         kept = [d for d in self.nodes if d.decision == "dense"]
         reasons: dict[str, int] = {}  # by kind: the figures in parentheses differ per node
         for d in kept:
@@ -527,20 +531,21 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
         report.chained = chain_sparse_nodes(graph)
     if config.fuse_softmax_guard and rewrites:
         report.softmax_guards = fuse_softmax_guards(graph)
-    if config.fuse_heads and rewrites:
-        report.head_layouts = _fuse_heads(graph)
+    if rewrites:
+        _fuse_heads(graph, report, config.fuse_heads)
     return report
 
 
-def _fuse_heads(graph: Graph) -> list[str]:
-    """fuse_head_layouts, then the shape computations only the removed Reshapes read."""
+def _fuse_heads(graph: Graph, report: SparsityReport, heads: bool) -> None:
+    """fuse_head_layouts (if `heads`) and fold_scalar_scales, then the shape computations only
+    the removed Reshapes read and the weights the scaled copies replaced."""
     from .passes.eliminate_dead import EliminateDeadNodes
-    from .sparse_heads import fuse_head_layouts
+    from .sparse_heads import fold_scalar_scales, fuse_head_layouts
 
-    fused = fuse_head_layouts(graph)
-    if fused:
+    report.head_layouts = fuse_head_layouts(graph) if heads else []
+    report.scales_folded = fold_scalar_scales(graph)
+    if report.head_layouts or report.scales_folded:
         EliminateDeadNodes().run(graph)
-    return fused
 
 
 MODEL_CHECK_ROUNDS = 4

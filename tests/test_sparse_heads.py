@@ -82,3 +82,65 @@ def test_not_fused(case):
     assert result.report.sparsity.head_layouts == []
     assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "Reshape",
                                                            "Transpose"]
+
+
+def _scaled_projection(scale_shape=(), activation=None, perm=(0, 2, 1, 3)):
+    """X [B, 6, 32] -> MatMul + bias (-> activation) -> heads -> Mul(constant) -> Y."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["p"], name="proj"),
+             helper.make_node("Add", ["p", "b"], ["pb"])]
+    last = "pb"
+    if activation:
+        nodes.append(helper.make_node(activation, ["pb"], ["act"]))
+        last = "act"
+    nodes += [helper.make_node("Reshape", [last, "shape"], ["r"]),
+              helper.make_node("Transpose", ["r"], ["t"], perm=list(perm)),
+              helper.make_node("Mul", ["t", "c"], ["Y"])]
+    scale = np.full(scale_shape, 0.35, np.float32)
+    if scale_shape == (4, 1, 1):  # per head: not a scalar
+        scale = rng.uniform(0.1, 1.0, scale_shape).astype(np.float32)
+    graph = helper.make_graph(
+        nodes, "scaled", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", 6, 32])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
+                                       [f"d{i}" for i in range(max(4, len(scale_shape)))])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b"),
+            numpy_helper.from_array(np.array([0, 0, 4, 8], np.int64), "shape"),
+            numpy_helper.from_array(scale, "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("scale_shape", [(), (1,), (1, 1, 1, 1)])
+def test_scalar_scale_folds_into_the_weights(scale_shape):
+    """The SDPA-style scale after a head split goes into the values and bias; the original
+    weights are not touched (the scaled ones are new initializers)."""
+    result, _ = _sparsify_and_compare(_scaled_projection(scale_shape), CONFIG, batches=(1, 3))
+    assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul"]
+    assert result.report.sparsity.scales_folded == ["proj.sparse"]
+    assert "scalar Muls after sparse MatMuls folded" in result.report.sparsity.summary()
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+@pytest.mark.parametrize("case", ["per_head", "wider_rank", "relu"])
+def test_scale_not_folded(case):
+    """A per-head constant is not a scalar; a rank-5 constant would broadcast Y to rank 5; a
+    fused Relu does not commute with the Mul in general. The Mul stays and the results are
+    the masked dense model's."""
+    model = {"per_head": lambda: _scaled_projection((4, 1, 1)),
+             "wider_rank": lambda: _scaled_projection((1, 1, 1, 1, 1)),
+             "relu": lambda: _scaled_projection(activation="Relu")}[case]()
+    result, _ = _sparsify_and_compare(model, CONFIG, batches=(1, 2))
+    assert result.report.sparsity.scales_folded == []
+    assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "Mul"]
+
+
+def test_shape_readers_follow_the_scaled_tensor():
+    """torch reads Q's shape with a Shape node: it reads the folded output instead."""
+    model = _scaled_projection()
+    graph = model.graph
+    graph.node.append(helper.make_node("Shape", ["t"], ["t_shape"]))
+    graph.output.append(helper.make_tensor_value_info("t_shape", TensorProto.INT64, [4]))
+    result, _ = _sparsify_and_compare(model, CONFIG, batches=(1, 2))
+    assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "Shape"]
+    assert result.report.sparsity.scales_folded == ["proj.sparse"]

@@ -157,6 +157,7 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     assert ops.get("IsNaN", 0) == sum(n.op_type == "IsNaN" for n in original) - guards
     heads = result.report.sparsity.head_layouts
     assert len(heads) == 16  # 4 layers x (Q, K, V, output projection)
+    assert result.report.sparsity.scales_folded  # SDPA's Q / K scale in the sparse weights
     assert ops.get("Transpose", 0) == sum(n.op_type == "Transpose" for n in original) - 16
     _, reference = load_graph(onnx.load(str(path)))
     canonicalize(reference)

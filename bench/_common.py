@@ -166,3 +166,32 @@ def write_results(name: str, rows: list, table_md: str, out_dir: str | os.PathLi
     md_path.write_text(table_md.rstrip() + "\n")
     print(table_md)
     return json_path, md_path
+
+
+def model_feeds(path, batch: int, seq: int = 128, seed: int = 0) -> dict:
+    """Random inputs for the model file at `path` (its weights are not read): a dynamic dim
+    is `batch` on axis 0 and `seq` elsewhere; float inputs standard normal, integer inputs
+    token ids in [0, 1000), except an attention mask (ones) and token type ids (zeros)."""
+    import numpy as np
+    import onnx
+
+    rng = np.random.default_rng(seed)
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in weights:
+            continue
+        tensor = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                (batch if axis == 0 else seq) for axis, d in enumerate(tensor.shape.dim)]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif "mask" in vi.name:
+            feeds[vi.name] = np.ones(dims, dtype)
+        elif "type" in vi.name:
+            feeds[vi.name] = np.zeros(dims, dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 1000, dims).astype(dtype)
+    return feeds

@@ -43,10 +43,13 @@ def _options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def _feeds(sess: ort.InferenceSession, batch: int) -> dict:
-    inp = sess.get_inputs()[0]
-    shape = [batch] + [int(d) for d in inp.shape[1:]]
-    return {inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+def _feeds(path: str, batch: int, seq: int) -> dict:
+    """Every input of the model (token ids and masks of a transformer too), dynamic dims
+    `batch` on axis 0 and `seq` elsewhere."""
+    sys.path.insert(0, str(ROOT))
+    from bench._common import model_feeds
+
+    return model_feeds(path, batch, seq)
 
 
 def node_kinds(path: str, threads: int, tmp: str) -> dict[str, str]:
@@ -54,7 +57,9 @@ def node_kinds(path: str, threads: int, tmp: str) -> dict[str, str]:
     opts = _options(threads)
     opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
     ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    model = onnx.load(opts.optimized_model_filepath)
+    # only the graph and the weights' dims are read (an external-data model's optimized copy
+    # points at data files beside the original, not beside it)
+    model = onnx.load(opts.optimized_model_filepath, load_external_data=False)
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
     kinds = {}
     for node in model.graph.node:
@@ -75,13 +80,13 @@ def node_kinds(path: str, threads: int, tmp: str) -> dict[str, str]:
     return kinds
 
 
-def profile(path: str, batch: int, runs: int, threads: int) -> dict:
+def profile(path: str, batch: int, runs: int, threads: int, seq: int = 128) -> dict:
     with tempfile.TemporaryDirectory(prefix="graphprune-profile-") as tmp:
         kinds = node_kinds(path, threads, tmp)
         opts = _options(threads)
         opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, "profile")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        feeds = _feeds(sess, batch)
+        feeds = _feeds(path, batch, seq)
         warmup = 3
         for _ in range(warmup + runs):
             sess.run(None, feeds)
@@ -96,13 +101,14 @@ def profile(path: str, batch: int, runs: int, threads: int) -> dict:
         kind = kinds.get(node, "other")
         per_kind[kind] += float(np.median(ms[warmup:] or ms))
         count[kind] += 1
-    return {"ms": dict(per_kind), "nodes": dict(count), "cpu_ms": cpu_time(path, batch, runs)}
+    return {"ms": dict(per_kind), "nodes": dict(count),
+            "cpu_ms": cpu_time(path, batch, runs, seq)}
 
 
-def cpu_time(path: str, batch: int, runs: int) -> float:
+def cpu_time(path: str, batch: int, runs: int, seq: int = 128) -> float:
     """Median single-thread CPU time of one run, ms."""
     sess = ort.InferenceSession(path, _options(1), providers=["CPUExecutionProvider"])
-    feeds = _feeds(sess, batch)
+    feeds = _feeds(path, batch, seq)
     for _ in range(3):
         sess.run(None, feeds)
     samples = []
@@ -164,17 +170,22 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", help="a torchvision zoo model, pruned at ratio 0.4 for each --round-to")
     p.add_argument("--round-to", default="8,auto")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128,
+                   help="dynamic non-batch input dims (a transformer's sequence length)")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if bool(args.zoo) == bool(args.models):
         p.error("give model files or --zoo NAME")
+    if min(args.batch, args.seq, args.runs, args.threads) < 1:
+        p.error("--batch, --seq, --runs and --threads must be at least 1")
     with tempfile.TemporaryDirectory(prefix="graphprune-profile-") as tmp:
         if args.zoo:
             paths, labels = _zoo_variants(args.zoo, args.round_to.split(","), tmp)
         else:
             paths, labels = args.models, [os.path.basename(m) for m in args.models]
-        results = [profile(path, args.batch, args.runs, args.threads) for path in paths]
+        results = [profile(path, args.batch, args.runs, args.threads, args.seq)
+                   for path in paths]
     print(f"{args.zoo or ''} batch {args.batch}, {args.threads} intra-op threads, "
           f"onnxruntime {ort.__version__}; per-node median over {args.runs} runs, "
           f"(nodes) per kind\n")

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import write_results  # noqa: E402
+from bench._common import model_feeds, write_results  # noqa: E402
 
 PATTERNS = ("unstructured", "1x4", "4x4")
 SEQUENCE = 128
@@ -61,27 +61,7 @@ def model_path(name: str) -> Path:
 
 
 def feeds_for(path: Path, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    import onnx
-
-    rng = np.random.default_rng(seed)
-    model = onnx.load(str(path), load_external_data=False)
-    weights = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in weights:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
-                (batch if axis == 0 else SEQUENCE)
-                for axis, d in enumerate(vi.type.tensor_type.shape.dim)]
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            feeds[vi.name] = rng.standard_normal(dims).astype(np.float32)
-        elif "mask" in vi.name:
-            feeds[vi.name] = np.ones(dims, np.int64)
-        elif "type" in vi.name:
-            feeds[vi.name] = np.zeros(dims, np.int64)
-        else:
-            feeds[vi.name] = rng.integers(0, 1000, dims).astype(np.int64)
-    return feeds
+    return model_feeds(path, batch, SEQUENCE, seed)
 
 
 def named_dims(path: Path) -> dict[str, int]:

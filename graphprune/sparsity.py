@@ -134,6 +134,7 @@ class SparsityReport:
     model_sparse_ms: float | None = None
     chained: list[list[str]] = field(default_factory=list)  # [first, second] node pairs
     softmax_guards: list[str] = field(default_factory=list)  # Softmax nodes fused with their guard
+    softmax_masks: list[str] = field(default_factory=list)  # ... and with the mask Add before them
     head_layouts: list[str] = field(default_factory=list)  # sparse nodes that absorbed transposes
     scales_folded: list[str] = field(default_factory=list)  # sparse nodes that absorbed a scalar Mul
 
@@ -173,7 +174,9 @@ class SparsityReport:
                          f"output they read (SparseConvChain / SparseMatMulChain)")
         if self.softmax_guards:
             lines.append(f"  {len(self.softmax_guards)} Softmax -> IsNaN -> Where guards fused "
-                         f"into one pass (SoftmaxNanToZero)")
+                         f"into one pass (SoftmaxNanToZero)" +
+                         (f", {len(self.softmax_masks)} with the mask Add before them"
+                          if self.softmax_masks else ""))
         if self.head_layouts:
             lines.append(f"  {len(self.head_layouts)} sparse MatMuls write or read attention "
                          f"heads themselves (their Reshape -> Transpose removed)")
@@ -530,7 +533,7 @@ def sparsify_graph(graph: Graph, config: SparsifyConfig,
     if config.chain:
         report.chained = chain_sparse_nodes(graph)
     if config.fuse_softmax_guard and rewrites:
-        report.softmax_guards = fuse_softmax_guards(graph)
+        report.softmax_guards, report.softmax_masks = fuse_softmax_guards(graph)
     if rewrites:
         _fuse_heads(graph, report, config.fuse_heads)
     return report
@@ -764,7 +767,7 @@ def chain_sparse_nodes(graph: Graph) -> list[list[str]]:
     return pairs
 
 
-def fuse_softmax_guards(graph: Graph) -> list[str]:
+def fuse_softmax_guards(graph: Graph) -> tuple[list[str], list[str]]:
     """Softmax over the last axis -> IsNaN -> Where(isnan, 0, softmax), the guard torch's
     exporter writes after the softmax of scaled_dot_product_attention, becomes one
     SoftmaxNanToZero node (graphprune's library): one pass over the attention scores instead
@@ -772,13 +775,15 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
     hand, BERT-base at batch 16 with 90 % unstructured weights: Where, IsNaN and Softmax took
     52 of 578 ms of node time; the two models alternating, 532-554 against 566-626 ms; equal
     outputs to 6e-7 relative. Only where the Softmax
-    output feeds exactly that IsNaN and Where, and the IsNaN only the Where. Returns the fused
-    Softmax nodes' names."""
+    output feeds exactly that IsNaN and Where, and the IsNaN only the Where. An attention
+    mask's Add just before the Softmax goes in too (see _mask_add). Returns the fused Softmax
+    nodes' names, and those of them that took their mask Add."""
     from .kernels import DOMAIN
 
     outputs = set(graph.output_names)
     replace: dict[int, onnx.NodeProto] = {}
     drop: set[int] = set()
+    with_mask: set[int] = set()
     for node in graph.nodes:
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
@@ -800,18 +805,50 @@ def fuse_softmax_guards(graph: Graph) -> list[str]:
         zero = graph.const(where.input[1])
         if zero is None or zero.size != 1 or float(zero.reshape(-1)[0]) != 0.0:
             continue
+        inputs = [node.input[0]]
+        mask = _mask_add(graph, node, outputs)
+        if mask is not None:
+            add, scores, bias = mask
+            inputs = [scores, bias]
+            drop.add(id(add))
+            with_mask.add(id(node))
         replace[id(node)] = helper.make_node(
-            "SoftmaxNanToZero", [node.input[0]], [where.output[0]],
+            "SoftmaxNanToZero", inputs, [where.output[0]],
             name=graph.unique_name(f"{node.name or out}.nan_to_zero"), domain=DOMAIN)
         drop.update((id(isnan), id(where)))
     if not replace:
-        return []
+        return [], []
     names = [n.name or n.output[0] for n in graph.nodes if id(n) in replace]
+    masked = [n.name or n.output[0] for n in graph.nodes if id(n) in with_mask]
     graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in drop]
     _note_library(graph)
     graph.reindex()
     _drop_unused_weights(graph)
-    return names
+    return names, masked
+
+
+def _mask_add(graph: Graph, softmax: onnx.NodeProto, outputs: set[str]):
+    """(Add, scores, bias) when the Softmax reads Add(scores, bias) and nothing else reads that
+    sum: scores shaped like the sum, bias (float) broadcasting to it along axes of size 1 (an
+    attention mask [B, 1, 1 or S, S]). SoftmaxNanToZero then adds the bias row by row instead
+    of a pass over the whole score tensor. Else None."""
+    total = softmax.input[0]
+    add = graph.producer(total)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx") or \
+            total in outputs or graph.consumers(total) != [softmax]:
+        return None
+    shape = graph.shape(total)
+    if shape is None or None in shape:
+        return None
+    for scores, bias in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        if graph.shape(scores) != shape or graph.dtypes.get(bias) != TensorProto.FLOAT:
+            continue
+        bs = graph.shape(bias)
+        if bs is None or len(bs) > len(shape) or None in bs:
+            continue
+        if all(b in (1, s) for b, s in zip(reversed(bs), reversed(shape))):
+            return add, scores, bias
+    return None
 
 
 def _drop_unused_weights(graph: Graph) -> None:

@@ -301,6 +301,47 @@ def test_softmax_nan_guard_becomes_one_node():
     assert "SoftmaxNanToZero" not in [n.op_type for n in off.model.graph.node]
 
 
+def _masked_softmax_model(mask_shape, sum_is_output=False) -> onnx.ModelProto:
+    """X @ W + M (an additive mask input of `mask_shape`), then the softmax guard."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["s"]),
+             helper.make_node("Add", ["M", "s"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+             helper.make_node("IsNaN", ["p"], ["bad"]),
+             helper.make_node("Where", ["bad", "zero", "p"], ["Y"])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 5, 24])]
+    if sum_is_output:
+        outputs.append(helper.make_tensor_value_info("sm", TensorProto.FLOAT, ["N", 5, 24]))
+    graph = helper.make_graph(
+        nodes, "masked", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5, 16]),
+                          helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape)],
+        outputs, initializer=[
+            numpy_helper.from_array(rng.standard_normal((16, 24)).astype(np.float32), "W"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("mask_shape", [["N", 1, 24], [1, 5, 24], ["N", 5, 1], [24]])
+def test_mask_add_joins_the_softmax(mask_shape):
+    """The Add of a mask broadcast over the scores becomes SoftmaxNanToZero's second input."""
+    config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False)
+    result, _ = _sparsify_and_compare(_masked_softmax_model(mask_shape), config, batches=(1, 3))
+    nodes = list(result.model.graph.node)
+    assert [n.op_type for n in nodes] == ["SparseMatMul", "SoftmaxNanToZero"]
+    assert list(nodes[1].input) == [nodes[0].output[0], "M"]
+    assert result.report.sparsity.softmax_masks == result.report.sparsity.softmax_guards
+    assert "1 with the mask Add before them" in result.report.sparsity.summary()
+
+
+def test_mask_add_read_elsewhere_stays():
+    config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False)
+    result, _ = _sparsify_and_compare(_masked_softmax_model(["N", 1, 24], sum_is_output=True),
+                                      config, batches=(2,))
+    assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "Add",
+                                                            "SoftmaxNanToZero"]
+    assert result.report.sparsity.softmax_masks == []
+
+
 @pytest.mark.parametrize("name", ["mha_prenorm", "swiglu_ffn"])
 def test_sparse_attention_block_equals_masked_dense(name):
     config = SparsifyConfig(sparsity=0.9, pattern="1x4", measure=False)

@@ -155,6 +155,8 @@ def test_sparsified_export_fuses_its_gelu_and_matches(name, exporter):
     assert ops.get("graphprune::SoftmaxNanToZero", 0) == len(result.report.sparsity.softmax_guards) \
         == guards
     assert ops.get("IsNaN", 0) == sum(n.op_type == "IsNaN" for n in original) - guards
+    if name == "bert":  # each attention mask's Add goes into its SoftmaxNanToZero
+        assert result.report.sparsity.softmax_masks == result.report.sparsity.softmax_guards
     heads = result.report.sparsity.head_layouts
     assert len(heads) == 16  # 4 layers x (Q, K, V, output projection)
     assert result.report.sparsity.scales_folded  # SDPA's Q / K scale in the sparse weights

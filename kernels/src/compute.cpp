@@ -108,6 +108,7 @@ struct SoftmaxJob {
   const float* x = nullptr;
   float* y = nullptr;
   int64_t rows = 0, d = 0, per_task = 1;
+  const SoftmaxBias* bias = nullptr;
 };
 
 struct RowJob {
@@ -440,9 +441,11 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
   }
 }
 
-void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par) {
+void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par,
+                         const SoftmaxBias* bias) {
   if (rows <= 0 || d <= 0) return;
   SoftmaxJob job;
+  job.bias = bias && bias->data ? bias : nullptr;
   job.x = x;
   job.y = y;
   job.rows = rows;

@@ -23,10 +23,11 @@
 //                The same for two SparseMatMul: Z = act2(Y @ W2 + bias2), W2 [n, n2]; each
 //                chunk of rows of Y is multiplied by W2 while in cache; Y (optional) is only
 //                written when a node reads it.
-//   SoftmaxNanToZero(X) -> Y   (CPU only; attribute axis, default -1, must be the last axis)
+//   SoftmaxNanToZero(X, B?) -> Y   (CPU only; attribute axis, default -1, must be the last axis)
 //                Softmax over the last axis, with the rows that would give NaN written as zeros:
 //                Softmax -> IsNaN -> Where(isnan, 0, softmax), as torch's exporter writes
-//                after every attention softmax, in one pass over the scores.
+//                after every attention softmax, in one pass over the scores. B (optional,
+//                broadcast to X): added first, as the Add of an attention mask before it.
 // Attributes: k, n (int), format ("bsr" | "csr" | "nm"), block_rows, block_cols (int, default 1),
 // nm_n, nm_m (int, default 2, 4), activation ("none" | "relu" | "gelu", default "none");
 // SparseConv also kernel_shape, strides, dilations (ints, default 1 each), pads (ints
@@ -343,9 +344,46 @@ struct Kernel {
     void* ydata = nullptr;
     GP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &ydata));
     const int64_t d = x.shape.back();
+    graphprune::SoftmaxBias bias;
+    GP_RETURN_IF_ERROR(softmax_bias(ctx, x.shape, &bias));
     OrtParallel par(api, ctx);
     graphprune::softmax_nan_to_zero(static_cast<const float*>(x.data), static_cast<float*>(ydata),
-                                    d > 0 ? static_cast<int64_t>(x.count) / d : 0, d, par);
+                                    d > 0 ? static_cast<int64_t>(x.count) / d : 0, d, par, &bias);
+    return nullptr;
+  }
+
+  // SoftmaxNanToZero's optional input B, broadcast to X (numpy rules): its strides along X's
+  // row axes (0 where B has size 1 or lacks the axis). No B: out->data stays null.
+  OrtStatus* softmax_bias(OrtKernelContext* ctx, const std::vector<int64_t>& xshape,
+                          graphprune::SoftmaxBias* out) const {
+    size_t n_inputs = 0;
+    GP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(ctx, &n_inputs));
+    const OrtValue* bv = nullptr;
+    if (n_inputs > 1) GP_RETURN_IF_ERROR(api->KernelContext_GetInput(ctx, 1, &bv));
+    if (!bv) return nullptr;
+    TensorView b;
+    GP_RETURN_IF_ERROR(view_tensor(api, bv, &b));
+    const size_t rank = xshape.size(), brank = b.shape.size();
+    bool fits = b.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && brank <= rank &&
+                rank - 1 <= static_cast<size_t>(graphprune::kMaxSoftmaxRows);
+    for (size_t i = 0; fits && i < brank; ++i) {
+      const int64_t bd = b.shape[brank - 1 - i], xd = xshape[rank - 1 - i];
+      fits = bd == xd || bd == 1;
+    }
+    if (!fits)
+      return fail(api, name, "bias " + join(b.shape) + " must be float and broadcast to X " + join(xshape) +
+                                 " (at most " + std::to_string(graphprune::kMaxSoftmaxRows + 1) + " axes)");
+    out->data = static_cast<const float*>(b.data);
+    out->per_column = brank > 0 && b.shape.back() != 1;
+    out->rank = static_cast<int>(rank) - 1;
+    int64_t stride = brank > 0 ? b.shape.back() : 1;
+    for (int a = out->rank - 1; a >= 0; --a) {  // X's row axis a is B's axis a - (rank - brank)
+      const int64_t ba = a - static_cast<int64_t>(rank - brank);
+      const int64_t bd = ba >= 0 ? b.shape[static_cast<size_t>(ba)] : 1;
+      out->dims[a] = xshape[static_cast<size_t>(a)];
+      out->strides[a] = bd == 1 ? 0 : stride;
+      stride *= bd;
+    }
     return nullptr;
   }
 
@@ -535,7 +573,7 @@ bool is_softmax(const OrtCustomOp* op) { return reinterpret_cast<const OpDef*>(o
 // SparseConvChain's input kValues2 + i is typed like input kValues + i.
 size_t base_input(size_t i) { return i >= kNumInputs ? i - (kValues2 - kValues) : i; }
 size_t ORT_API_CALL op_input_count(const OrtCustomOp* op) {
-  return is_softmax(op) ? 1 : is_chain(op) ? kNumChainInputs : kNumInputs;
+  return is_softmax(op) ? 2 : is_chain(op) ? kNumChainInputs : kNumInputs;  // softmax: X, B?
 }
 ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp*, size_t i) {
   return graphprune::ort::sparse_input_type(base_input(i));  // SoftmaxNanToZero: X, float
@@ -544,7 +582,8 @@ size_t ORT_API_CALL op_output_count(const OrtCustomOp* op) { return is_chain(op)
 ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp*, size_t i) {
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp* op, size_t i) {
+  if (is_softmax(op)) return i == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   return graphprune::ort::sparse_input_characteristic(base_input(i));
 }
 // A chain's first output may be left out (a MatMul's that only the chained one reads).

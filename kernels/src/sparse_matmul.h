@@ -184,10 +184,24 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
                          const Problem& p2, Parallel& par, AlignedVector<float>* scratch,
                          AlignedVector<float>* y_scratch);
 
-// y = softmax(x) over rows of d floats, where a row that would give NaN (a NaN or +inf in it,
-// or all -inf) gives zeros: ONNX Softmax -> IsNaN -> Where(isnan, 0, softmax), the guard
-// torch's exporter writes after every attention softmax, in one pass.
-void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par);
+// An additive bias of softmax's input broadcast to X [rows..., d] (an attention mask, added by
+// the op instead of by an Add over the whole score tensor): row r's bias starts at
+// data + sum over X's row axes a of index_a(r) * strides[a] (0 where the bias has size 1), and
+// has d floats (per_column) or one value for the whole row.
+constexpr int kMaxSoftmaxRows = 8;  // row axes of X at most
+struct SoftmaxBias {
+  const float* data = nullptr;
+  bool per_column = true;
+  int rank = 0;  // X's row axes (its rank - 1)
+  int64_t dims[kMaxSoftmaxRows] = {};
+  int64_t strides[kMaxSoftmaxRows] = {};
+};
+
+// y = softmax(x (+ bias)) over rows of d floats, where a row that would give NaN (a NaN or +inf
+// in it, or all -inf) gives zeros: ONNX (Add ->) Softmax -> IsNaN -> Where(isnan, 0, softmax),
+// the guard torch's exporter writes after every attention softmax, in one pass.
+void softmax_nan_to_zero(const float* x, float* y, int64_t rows, int64_t d, Parallel& par,
+                         const SoftmaxBias* bias = nullptr);
 
 // "avx512", "avx2" or "generic": the code path picked at load time.
 const char* isa_name();

@@ -84,3 +84,61 @@ def test_softmax_nan_to_zero_large_input_many_tasks():
 def test_softmax_nan_to_zero_refuses_another_axis():
     with pytest.raises(Exception, match="last axis"):
         _fused(_scores(8), axis=1)
+
+
+def _reference_biased(x, b):
+    """ONNX Runtime's Add -> Softmax -> IsNaN -> Where (what SoftmaxNanToZero(X, B) replaces)."""
+    nodes = [helper.make_node("Add", ["X", "B"], ["A"]),
+             helper.make_node("Softmax", ["A"], ["S"], axis=-1),
+             helper.make_node("IsNaN", ["S"], ["N"]),
+             helper.make_node("Where", ["N", "Z", "S"], ["Y"])]
+    model = _model(nodes, [numpy_helper.from_array(np.zeros((), np.float32), "Z")])
+    model.graph.input.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x, "B": b})[0]
+
+
+def _fused_biased(x, b, threads=2):
+    node = helper.make_node("SoftmaxNanToZero", ["X", "B"], ["Y"], domain=gk.DOMAIN)
+    model = _model([node], sparse=True)
+    model.graph.input.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, None))
+    return gk.session(model, threads=threads).run(None, {"X": x, "B": b})[0]
+
+
+# bias shapes against X [3, 7, d]: a padding mask [3, 1, d], per row [3, 7, 1], a full one,
+# one row for all, a scalar, and the rank-4 attention forms against X [2, 3, 5, d]
+BIASES = [((3, 7), (3, 1, "d")), ((3, 7), (3, 7, 1)), ((3, 7), (3, 7, "d")), ((3, 7), ("d",)),
+          ((3, 7), ()), ((2, 3, 5), (2, 1, 1, "d")), ((2, 3, 5), (2, 1, 5, "d")),
+          ((2, 3, 5), (1, 3, 1, 1))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("d", [1, 16, 37, 128])
+@pytest.mark.parametrize("rows,bshape", BIASES, ids=[str(b) for b in BIASES])
+def test_softmax_with_a_broadcast_bias(rows, bshape, d, threads):
+    rng = np.random.default_rng(d)
+    x = (rng.standard_normal((*rows, d)) * 4).astype(np.float32)
+    shape = tuple(d if v == "d" else v for v in bshape)
+    b = np.asarray(rng.standard_normal(shape) * 2, dtype=np.float32)
+    if b.ndim and b.shape[-1] == d and d > 2:
+        b[..., ::3] = np.finfo(np.float32).min  # HF's additive mask value
+    np.testing.assert_allclose(_fused_biased(x, b, threads), _reference_biased(x, b),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_softmax_bias_every_isa(isa, monkeypatch):
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((2, 4, 3, 131)) * 3).astype(np.float32)
+    b = np.where(rng.random((2, 1, 1, 131)) < 0.3, -np.inf, 0.0).astype(np.float32)
+    b[1, ..., :] = -np.inf  # every position of the second sequence masked: zeros, not NaN
+    with forced_isa(isa, monkeypatch):
+        got = _fused_biased(x, b)
+    np.testing.assert_allclose(got, _reference_biased(x, b), rtol=1e-5, atol=1e-6)
+    assert (got[1] == 0).all()
+
+
+def test_softmax_refuses_a_bias_that_does_not_broadcast():
+    x = np.zeros((2, 3, 8), np.float32)
+    with pytest.raises(Exception, match=r"bias \[2, 8\] must be float and broadcast to X"):
+        _fused_biased(x, np.zeros((2, 8), np.float32))

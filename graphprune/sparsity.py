@@ -838,7 +838,7 @@ def _mask_add(graph: Graph, softmax: onnx.NodeProto, outputs: set[str]):
             total in outputs or graph.consumers(total) != [softmax]:
         return None
     shape = graph.shape(total)
-    if shape is None or None in shape:
+    if shape is None or None in shape or len(shape) > 9:  # the kernel takes 8 row axes at most
         return None
     for scores, bias in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
         if graph.shape(scores) != shape or graph.dtypes.get(bias) != TensorProto.FLOAT:

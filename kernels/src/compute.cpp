@@ -334,7 +334,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
         std::memcpy(xpad + m * Kp, p.x + m * K, static_cast<size_t>(K) * sizeof(float));
       } else {  // row m of X [B, H, S, D]: one run of D floats per head
         const int64_t D = p.x_heads.dim, S = p.x_heads.seq;
-        const float* row = p.x + (m / S) * K * S + (m % S) * D;
+        const float* row = head_row(p.x_heads, p.x, K, m);
         for (int64_t h = 0; h < K / D; ++h)
           std::memcpy(xpad + m * Kp + h * D, row + h * S * D, static_cast<size_t>(D) * sizeof(float));
       }
@@ -472,8 +472,7 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
                               : p2.layout == Layout::kChannels && p2.batch == p.batch && p2.P == p.P;
   // 4x1 / 8x1 MatMul have paths of their own (interleaved chunks, outer products).
   auto own_paths = [](const PackedWeight& v) { return v.bc == 1 && (v.br == 4 || v.br == 8); };
-  const bool plain = p.x_heads.none() && p.y_heads.none() && p2.x_heads.none() && p2.y_heads.none();
-  const bool fused = plain && same_rows && !(rows && (own_paths(w) || own_paths(w2))) && w2.K == w.N &&
+  const bool fused = same_rows && !(rows && (own_paths(w) || own_paths(w2))) && w2.K == w.N &&
                      vl == vl2 && nv == nv2 && M > 0 && w.N > 0 && w2.N > 0 &&
                      nchunks >= kChunkTaskMin;
   if (!fused) {  // two passes; a Y that no node reads goes to a temporary

@@ -148,6 +148,12 @@ struct Heads {
   bool none() const { return layout == HeadLayout::kNone; }
 };
 
+// Row m of an X given as heads (h.layout kSD, K = H * D): where its head-0 run of D floats
+// starts; head j's run is j * seq * dim floats further on.
+inline const float* head_row(const Heads& h, const float* x, int64_t K, int64_t m) {
+  return x + (m / h.seq) * K * h.seq + (m % h.seq) * h.dim;
+}
+
 // Where element (row m, column n) of an [M, N] result lies in head layout h (not kNone).
 inline int64_t head_offset(const Heads& h, int64_t N, int64_t m, int64_t n) {
   const int64_t b = m / h.seq, s = m % h.seq, head = n / h.dim, d = n % h.dim;
@@ -179,7 +185,8 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
 // p.y. Where both take the chunk-task path with the same chunks, each chunk of Y is multiplied
 // by W2 while it is still in cache, instead of being read back from memory by a second pass.
 // Y is written whole unless p.y is null (no other node reads it). Otherwise the two passes, one
-// after the other (through y_scratch, grown as needed, if p.y is null).
+// after the other (through y_scratch, grown as needed, if p.y is null). No head layouts here
+// (the operators refuse them on chain nodes).
 void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWeight& w2,
                          const Problem& p2, Parallel& par, AlignedVector<float>* scratch,
                          AlignedVector<float>* y_scratch);

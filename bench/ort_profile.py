@@ -28,6 +28,9 @@ import onnx
 import onnxruntime as ort
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import model_feeds  # noqa: E402  (every input, token ids and masks too)
 
 
 def _options(threads: int) -> ort.SessionOptions:
@@ -41,15 +44,6 @@ def _options(threads: int) -> ort.SessionOptions:
     except Exception:  # noqa: BLE001 - dense models run without it
         pass
     return opts
-
-
-def _feeds(path: str, batch: int, seq: int) -> dict:
-    """Every input of the model (token ids and masks of a transformer too), dynamic dims
-    `batch` on axis 0 and `seq` elsewhere."""
-    sys.path.insert(0, str(ROOT))
-    from bench._common import model_feeds
-
-    return model_feeds(path, batch, seq)
 
 
 def node_kinds(path: str, threads: int, tmp: str) -> dict[str, str]:
@@ -86,7 +80,7 @@ def profile(path: str, batch: int, runs: int, threads: int, seq: int = 128) -> d
         opts = _options(threads)
         opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, "profile")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        feeds = _feeds(path, batch, seq)
+        feeds = model_feeds(path, batch, seq)
         warmup = 3
         for _ in range(warmup + runs):
             sess.run(None, feeds)
@@ -108,7 +102,7 @@ def profile(path: str, batch: int, runs: int, threads: int, seq: int = 128) -> d
 def cpu_time(path: str, batch: int, runs: int, seq: int = 128) -> float:
     """Median single-thread CPU time of one run, ms."""
     sess = ort.InferenceSession(path, _options(1), providers=["CPUExecutionProvider"])
-    feeds = _feeds(path, batch, seq)
+    feeds = model_feeds(path, batch, seq)
     for _ in range(3):
         sess.run(None, feeds)
     samples = []
@@ -136,7 +130,6 @@ def table(labels: list[str], results: list[dict]) -> str:
 
 
 def _zoo_variants(name: str, round_tos: list, tmp: str) -> tuple[list[str], list[str]]:
-    sys.path.insert(0, str(ROOT))
     import graphprune
     from graphprune.api import canonicalize, load_graph
     from graphprune.io import save_graph

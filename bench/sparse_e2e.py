@@ -60,12 +60,8 @@ def model_path(name: str) -> Path:
     raise SystemExit(f"unknown model {name!r}: resnet50 or bert_base")
 
 
-def feeds_for(path: Path, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    return model_feeds(path, batch, SEQUENCE, seed)
-
-
 def named_dims(path: Path) -> dict[str, int]:
-    """Symbolic non-batch input dims, all set to SEQUENCE (what feeds_for uses)."""
+    """Symbolic non-batch input dims, all set to SEQUENCE (what model_feeds is given)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -117,7 +113,7 @@ def run_latency(args, tmp: Path) -> list[dict]:
     for name in args.models:
         path = model_path(name)
         for batch in args.batches:
-            feeds = feeds_for(path, batch)
+            feeds = model_feeds(path, batch, SEQUENCE)
             for sparsity in args.sparsities:
                 rows.append(_latency_row(args, tmp, name, path, batch, feeds, sparsity,
                                          deepsparse))

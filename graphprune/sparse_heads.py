@@ -17,6 +17,7 @@ from onnx import helper
 
 from .coupling import attr
 from .ir import Graph
+from .sparsity import _sole_consumer
 
 _PERMS = {(0, 2, 1, 3): "bhsd", (0, 2, 3, 1): "bhds"}
 
@@ -34,7 +35,7 @@ def fuse_head_layouts(graph: Graph) -> list[str]:
     for node in graph.nodes:
         if node.domain != DOMAIN or node.op_type != "SparseMatMul" or id(node) in drop:
             continue
-        if len(node.input) > 5 and node.input[5]:  # a residual is laid out like Y
+        if _has_residual(node):
             continue
         attrs = {a.name for a in node.attribute}
         if "heads_in" in attrs or "heads_out" in attrs:
@@ -76,9 +77,7 @@ def fold_scalar_scales(graph: Graph) -> list[str]:
     for node in graph.nodes:
         if node.domain != DOMAIN or node.op_type != "SparseMatMul":
             continue
-        if attr(node, "activation", b"none") not in (b"none", "none"):
-            continue
-        if len(node.input) > 5 and node.input[5]:
+        if attr(node, "activation", b"none") != b"none" or _has_residual(node):
             continue
         # Besides the Mul only Shape may read Y (torch's exports take Q's shape there): the
         # scaled tensor has the same shape, so those read it instead.
@@ -115,9 +114,9 @@ def fold_scalar_scales(graph: Graph) -> list[str]:
     return changed
 
 
-def _only_reader(graph: Graph, tensor: str, outputs: set[str]) -> onnx.NodeProto | None:
-    users = graph.consumers(tensor)
-    return users[0] if len(users) == 1 and tensor not in outputs else None
+def _has_residual(node: onnx.NodeProto) -> bool:
+    """A residual input is laid out like Y and would scale with it: such nodes stay as they are."""
+    return len(node.input) > 5 and bool(node.input[5])
 
 
 def _static(dim) -> bool:
@@ -137,17 +136,17 @@ def _split_after(graph: Graph, node: onnx.NodeProto, outputs: set[str]):
     """(Reshape, Transpose, heads, layout) when Y [B, S, N] -> Reshape [B, S, H, D] ->
     Transpose (0,2,1,3) or (0,2,3,1) is all that reads Y; else None."""
     y, x = node.output[0], node.input[0]
-    reshape = _only_reader(graph, y, outputs)
+    reshape = _sole_consumer(graph, y, outputs)
     if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
         return None
-    transpose = _only_reader(graph, reshape.output[0], outputs)
+    transpose = _sole_consumer(graph, reshape.output[0], outputs)
     if transpose is None or transpose.op_type != "Transpose" or transpose.domain not in ("", "ai.onnx"):
         return None
     layout = _PERMS.get(tuple(attr(transpose, "perm", ())))
     xs, rs = graph.shape(x), graph.shape(reshape.output[0])
     if layout is None or xs is None or rs is None or len(xs) != 3 or len(rs) != 4:
         return None
-    n = next(a.i for a in node.attribute if a.name == "n")
+    n = attr(node, "n")
     heads, dim = rs[2], rs[3]
     if not (_static(heads) and _static(dim) and heads * dim == n):
         return None
@@ -164,20 +163,20 @@ def _merge_before(graph: Graph, node: onnx.NodeProto, outputs: set[str]):
     reshape = graph.producer(node.input[0])
     if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
         return None
-    if _only_reader(graph, reshape.output[0], outputs) is not node:
+    if _sole_consumer(graph, reshape.output[0], outputs) is not node:
         return None
     transpose = graph.producer(reshape.input[0])
     if transpose is None or transpose.op_type != "Transpose" or \
             transpose.domain not in ("", "ai.onnx") or \
             tuple(attr(transpose, "perm", ())) != (0, 2, 1, 3):
         return None
-    if _only_reader(graph, transpose.output[0], outputs) is not reshape:
+    if _sole_consumer(graph, transpose.output[0], outputs) is not reshape:
         return None
     a, x = transpose.input[0], node.input[0]
     shape_a, xs = graph.shape(a), graph.shape(x)
     if shape_a is None or xs is None or len(shape_a) != 4 or len(xs) != 3:
         return None
-    k = next(at.i for at in node.attribute if at.name == "k")
+    k = attr(node, "k")
     heads, dim = shape_a[1], shape_a[3]
     if not (_static(heads) and _static(dim) and heads * dim == k):
         return None

@@ -835,7 +835,7 @@ def _mask_add(graph: Graph, softmax: onnx.NodeProto, outputs: set[str]):
     total = softmax.input[0]
     add = graph.producer(total)
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx") or \
-            total in outputs or graph.consumers(total) != [softmax]:
+            _sole_consumer(graph, total, outputs) is not softmax:
         return None
     shape = graph.shape(total)
     if shape is None or None in shape or len(shape) > 9:  # the kernel takes 8 row axes at most

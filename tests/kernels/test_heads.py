@@ -10,8 +10,8 @@ import pytest
 from onnx import helper
 
 from graphprune import kernels as gk
-from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, forced_isa, masked, reference,
-                             run_sparse)
+from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, forced_isa, masked,
+                             reference, run_sparse)
 
 # (batch, seq): rows M = B * S from the row path to chunk tasks; 37 and 130 leave chunks that
 # span two sequences.
@@ -21,9 +21,8 @@ HEADS = [(3, 16), (5, 7)]  # (H, D): D = 7 puts a head boundary inside a 16-colu
 
 def head_node(w, fmt, block, bias=None, activation="none", **heads):
     """A SparseMatMul X -> Y of the masked `w` with the given head attributes."""
-    kwargs = {"format": fmt, "nm": block} if fmt == "nm" else {"format": fmt, "block": block}
     node, inits = gk.make_sparse_matmul_node(w, "X", "Y", bias=bias, activation=activation,
-                                             **kwargs)
+                                             **fmt_kwargs(fmt, block))
     node.attribute.extend(helper.make_attribute(k, v) for k, v in heads.items())
     return node, inits
 

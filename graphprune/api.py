@@ -166,8 +166,27 @@ def canonicalize(graph: Graph) -> list[str]:
     # folding pass never folds a stand-in itself (Graph.static_dims).
     graph.infer_shapes(bind_dynamic=True)
     changed = run_passes(graph)
+    _name_unnamed_nodes(graph)
     graph.infer_shapes(bind_dynamic=True)
     return changed
+
+
+def _name_unnamed_nodes(graph: Graph) -> None:
+    """Give every unnamed node a unique name: coupling rules key their fixups by node name, so
+    two unnamed Reshapes would otherwise share one fixup (and reports could not name them)."""
+    unnamed = [node for node in graph.nodes if not node.name]
+    if not unnamed:
+        return
+    taken = set(graph.weights) | {o for n in graph.nodes for o in n.output} | \
+        {n.name for n in graph.nodes}
+    for node in unnamed:
+        base = name = f"{node.op_type}_{node.output[0] if node.output else ''}"
+        k = 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
 
 
 def analyze_model(model: ModelLike) -> tuple[Graph, Analysis]:

@@ -12,14 +12,17 @@ from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .global_pool import ReduceToGlobalPool
 from .remove_identity import RemoveIdentity
+from .split_packed_blocks import SplitPackedBlocks
 from .unshare_weights import UnshareWeights
 
 # Identities first so BN/const patterns are adjacent; constants before BN so BN parameters
 # computed from constant subgraphs are plain weights; dead code next, to sweep up orphans;
-# global pools after constants, whose folding gives ReduceMean its axes; unsharing last, so
-# that pruning never couples layers through a deduplicated constant.
+# global pools and packed-block splits after constants, whose folding gives ReduceMean its axes
+# and Gather its indices; unsharing last, so that pruning never couples layers through a
+# deduplicated constant.
 DEFAULT_PASSES: tuple[Pass, ...] = (RemoveIdentity(), FoldConstants(), FoldBatchNorm(),
-                                    ReduceToGlobalPool(), EliminateDeadNodes(), UnshareWeights())
+                                    ReduceToGlobalPool(), SplitPackedBlocks(),
+                                    EliminateDeadNodes(), UnshareWeights())
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
@@ -41,4 +44,5 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
 
 
 __all__ = ["DEFAULT_PASSES", "EliminateDeadNodes", "FoldBatchNorm", "FoldConstants", "Pass",
-           "ReduceToGlobalPool", "RemoveIdentity", "UnshareWeights", "run_passes"]
+           "ReduceToGlobalPool", "RemoveIdentity", "SplitPackedBlocks", "UnshareWeights",
+           "run_passes"]

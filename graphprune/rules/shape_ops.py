@@ -229,18 +229,28 @@ def _target_entry(graph, node, position: int):
             owner, index = producer, 2
         else:
             return None, None
+    found = _concat_piece(graph, producer, position)
+    if found is None:
+        return None, None
+    i, within = found
+    piece = producer.input[i]
+    value = graph.const(piece)
+    if value is None:
+        return (RUNTIME, None) if _scalar_from_shape(graph, piece) else (None, None)
+    return int(value[within]), _entry_setter(producer, i, within)
+
+
+def _concat_piece(graph, concat, position: int) -> tuple[int, int] | None:
+    """(input index, position inside it) of entry `position` of a Concat of 1-D pieces."""
     offset = 0
-    for i, piece in enumerate(producer.input):
+    for i, piece in enumerate(concat.input):
         shape = graph.shape(piece)
         if shape is None or len(shape) != 1 or shape[0] is None:
-            return None, None
+            return None
         if offset <= position < offset + shape[0]:
-            value = graph.const(piece)
-            if value is None:
-                return (RUNTIME, None) if _scalar_from_shape(graph, piece) else (None, None)
-            return int(value[position - offset]), _entry_setter(producer, i, position - offset)
+            return i, position - offset
         offset += shape[0]
-    return None, None
+    return None
 
 
 def _is_minus_one_guard(graph, node) -> bool:
@@ -316,6 +326,8 @@ def reshape(node, port: Port, graph) -> Effect:
                 return _reshape_effect(node, port, graph, (node.input[0] if port.side == "out"
                                                            else node.output[0], b), (chan, feat))
     merged = _merged_with_batch(node, port, graph, mine, theirs)
+    if merged is None:
+        merged = _heads_into_batch(node, port, graph)
     if merged is not None:
         return merged
     return frozen(f"Reshape '{node.name}' reshapes axis {a} in a way that has no rule")
@@ -356,6 +368,92 @@ def _merged_with_batch(node, port, graph, mine, theirs) -> Effect | None:
     if value > 0:
         effect.fixups[f"reshape:{node.name}"] = lambda g, keep: setter(g, len(keep[heads_out]))
     return effect
+
+
+def _heads_into_batch(node, port, graph) -> Effect | None:
+    """The channel axis splits into heads x head size and the heads join the dynamic batch axis
+    before it, [.., B, H*D] <-> [.., B*H, D], as torch's nn.MultiheadAttention exports it
+    (``view(S, B * H, D)``): channel c is in head c // D, element i of the merged axis in
+    head i % H. The merged entry of the target is B * H computed at run time; where it is
+    Mul(batch from Shape, H) the constant H is rewritten, where it is -1 or 0 nothing is."""
+    src, dst = node.input[0], node.output[0]
+    tensor = src if port.side == "in" else dst
+    for packed, merged in ((src, dst), (dst, src)):
+        found = _heads_batch_axes(graph, packed, merged)
+        if found is None:
+            continue
+        pa, mb, heads, size = found
+        batch = graph.shape(merged)[mb] // heads
+        mine_c = np.repeat(np.arange(heads * size), batch)  # channel c is in every batch row
+        theirs_i = mine_c // size + heads * np.tile(np.arange(batch), heads * size)
+        if tensor == packed and port.axis == pa:
+            effect = Effect(links=[Link((merged, mb), (mine_c, theirs_i))])
+        elif tensor == merged and port.axis == mb:
+            effect = Effect(links=[Link((packed, pa), (theirs_i, mine_c))])
+        else:
+            return None
+        if dst == packed:  # [.., B*H, D] -> [.., B, H*D]: the H*D entry follows the channels
+            fix = _shape_entry_fixup(node, pa, (packed, pa), graph)
+        else:
+            fix = _batch_heads_fixup(graph, node, mb, (packed, pa), size)
+        if fix is None:
+            return frozen(f"Reshape '{node.name}' fixes the merged batch×heads size")
+        effect.fixups[f"reshape:{node.name}"] = fix
+        return effect
+    return None
+
+
+def _heads_batch_axes(graph, packed: str, merged: str):
+    """(channel axis of `packed`, merged axis of `merged`, H, D) where `packed` is [.., B, H*D]
+    and `merged` is [.., B*H, D] with B dynamic; None otherwise."""
+    p, q = _dims(graph, packed), _dims(graph, merged)
+    if p is None or q is None or len(q) != len(p) or len(p) < 2:
+        return None
+    p_dynamic, q_dynamic = graph.dynamic.get(packed, ()), graph.dynamic.get(merged, ())
+    for a in range(1, len(p)):
+        b = a - 1
+        size = q[b + 1]
+        if (a - 1 not in p_dynamic or b not in q_dynamic or None in (p[a - 1], p[a], q[b], size)
+                or size <= 0 or p[a] % size or p[a] == size or p[:a - 1] != q[:b]
+                or p[a + 1:] != q[b + 2:] or a + 1 in p_dynamic or b + 1 in q_dynamic):
+            continue
+        heads = p[a] // size
+        if q[b] == p[a - 1] * heads:
+            return a, b, heads, size
+    return None
+
+
+def _batch_heads_fixup(graph, node, position: int, channels_space, size: int):
+    """Fixup for a B*H target entry: None where it cannot follow the pruning (a literal)."""
+    value, _ = _target_entry(graph, node, position)
+    if value is not None and value <= 0:
+        return lambda graph, keep: None
+    setter = _shape_product_setter(graph, node, position)
+    if setter is None:
+        return None
+    return lambda graph, keep: setter(graph, len(keep[channels_space]) // size)
+
+
+def _shape_product_setter(graph, node, position: int):
+    """Target entry `position` of Reshape `node` built as Concat(.., Unsqueeze(Mul(scalar read
+    from a shape, constant)), ..): a setter of that constant, else None."""
+    concat = graph.producer(node.input[1])
+    found = None if concat is None or concat.op_type != "Concat" else \
+        _concat_piece(graph, concat, position)
+    if found is None or graph.shape(concat.input[found[0]]) != (1,):
+        return None
+    mul = graph.producer(concat.input[found[0]])
+    while mul is not None and mul.op_type in ("Unsqueeze", "Cast", "Reshape"):
+        mul = graph.producer(mul.input[0])
+    if mul is None or mul.op_type != "Mul":
+        return None
+    for index, other in ((1, 0), (0, 1)):
+        value = graph.const(mul.input[index])
+        if value is not None and value.size == 1 and _scalar_from_shape(graph, mul.input[other]):
+            def set_heads(graph, heads, mul=mul, index=index, value=value):
+                set_constant(graph, mul, index, np.full_like(value, heads))
+            return set_heads
+    return None
 
 
 def _reshape_effect(node, port, graph, other, pairs):

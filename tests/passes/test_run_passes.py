@@ -2,8 +2,8 @@ import numpy as np
 from onnx import helper
 
 from graphprune.passes import (DEFAULT_PASSES, EliminateDeadNodes, FoldBatchNorm, FoldConstants,
-                               Pass, ReduceToGlobalPool, RemoveIdentity, UnshareWeights,
-                               run_passes)
+                               Pass, ReduceToGlobalPool, RemoveIdentity, SplitPackedBlocks,
+                               UnshareWeights, run_passes)
 from passes_testlib import assert_equivalent, init, load, make_model, op_types, rand, vi
 
 
@@ -33,8 +33,8 @@ def _model():
 
 def test_default_passes_are_passes():
     assert [type(p) for p in DEFAULT_PASSES] == [RemoveIdentity, FoldConstants, FoldBatchNorm,
-                                                 ReduceToGlobalPool, EliminateDeadNodes,
-                                                 UnshareWeights]
+                                                 ReduceToGlobalPool, SplitPackedBlocks,
+                                                 EliminateDeadNodes, UnshareWeights]
     assert all(isinstance(p, Pass) and p.name for p in DEFAULT_PASSES)
 
 

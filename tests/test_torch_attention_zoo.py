@@ -1,8 +1,9 @@
 """torch's own attention, exported: nn.TransformerEncoder (batch first or not, both exporters)
-and torchvision's ViT-B/16 and Swin-T (legacy exporter). nn.MultiheadAttention packs Q, K, V
-into one projection separated by Reshape/Gather and folds the heads into the batch axis;
-Swin reshapes its packed projection into (3, heads, head size). Heads must prune (groups
-tagged "heads") into models equal to the mask oracle at two batch sizes."""
+and torchvision's ViT-B/16, Swin-T and MaxViT-T (legacy exporter). nn.MultiheadAttention packs
+Q, K, V into one projection separated by Reshape/Gather and folds the heads into the batch
+axis; Swin reshapes its packed projection into (3, heads, head size); MaxViT multiplies with
+Einsum. Heads must prune (groups tagged "heads") into models equal to the mask oracle at two
+batch sizes."""
 import numpy as np
 import onnx
 import pytest
@@ -76,7 +77,8 @@ def test_transformer_encoder_heads_prune(tmp_path, batch_first, exporter):
     assert len(_check(path, inputs, floor=0.30)) == 2  # both layers' heads
 
 
-@pytest.mark.parametrize("name,floor", [("vit_b_16", 0.35), ("swin_t", 0.30)])
+@pytest.mark.parametrize("name,floor", [("vit_b_16", 0.35), ("swin_t", 0.30),
+                                        ("maxvit_t", 0.38)])
 def test_torchvision_attention_models_prune_heads(tmp_path, name, floor):
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.get_model(name, weights=None)

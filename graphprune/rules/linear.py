@@ -102,3 +102,48 @@ def _batch_links(out_axis: int, *tensors, rank_out: int) -> list[Link]:
         if 0 <= axis < len(shape) - 2 and shape[axis] != 1:
             links.append(Link((name, axis)))
     return links
+
+
+@rule("Einsum")
+def einsum(node, port: Port, graph) -> Effect:
+    """Activation × activation with explicit labels (MaxViT's attention): an axis couples to every axis with the same label; a label both operands and the output share is a batch axis (heads, as in MatMul), one both operands sum over is removed from both. Constant operands, ellipses and a label one operand sums over alone freeze."""
+    terms = _einsum_terms(attr(node, "equation", b""))
+    if terms is None or len(node.input) != 2 or any(
+            graph.const(t) is not None for t in node.input):
+        return frozen(f"Einsum '{node.name}' is not a two-activation equation with explicit "
+                      "labels")
+    tensors = [*node.input, node.output[0]]
+    shapes = [graph.shape(t) for t in tensors]
+    if any(s is None or len(s) != len(labels) for s, labels in zip(shapes, terms)):
+        return frozen(f"Einsum '{node.name}' has operands of unknown shape")
+    me = port.index if port.side == "in" else 2
+    label = terms[me][port.axis]
+    holders = [i for i, labels in enumerate(terms) if label in labels]
+    if holders in ([0], [1]):
+        return frozen(f"Einsum '{node.name}' sums label '{label}' of one operand alone")
+    size = shapes[me][port.axis]
+    links = []
+    for i in holders:
+        axis = terms[i].index(label)
+        if i == me or shapes[i][axis] == 1:  # broadcast along that axis
+            continue
+        if shapes[i][axis] != size and size != 1:
+            return frozen(f"Einsum '{node.name}' label '{label}' has different sizes")
+        links.append(Link((tensors[i], axis)))
+    effect = Effect(links=links)
+    if holders == [0, 1, 2]:
+        effect.tags.add("heads")
+    return effect
+
+
+def _einsum_terms(equation) -> list[str] | None:
+    """[labels of input 0, labels of input 1, labels of the output], or None for an implicit
+    output, an ellipsis or a label repeated within one term."""
+    text = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
+    if "->" not in text or "." in text:
+        return None
+    lhs, out = text.split("->")
+    terms = [*lhs.split(","), out]
+    if len(terms) != 3 or any(len(set(t)) != len(t) for t in terms):
+        return None
+    return terms

@@ -294,7 +294,7 @@ def _shape_entry_fixup(node, out_axis: int, space, graph):
 
 @rule("Reshape")
 def reshape(node, port: Port, graph) -> Effect:
-    """Block expansion or merge along aligned axes, channel shuffle as a permutation; literal target entries are rewritten."""
+    """Block expansion or merge along aligned axes, channel shuffle as a permutation, heads folded into a dynamic batch axis; literal target entries (and the head count inside a run-time batch × heads entry) are rewritten."""
     if port.index > 0:
         return frozen(f"Reshape '{node.name}' shape input")
     shuffle = _channel_shuffle(node, port, graph)

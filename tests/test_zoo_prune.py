@@ -46,8 +46,11 @@ def _check(key, model_or_path, feeds=None):
         feeds = random_inputs(source, seed=3)
     for want, have in zip(run(graph.to_model(), feeds), run(model, feeds)):
         assert want.shape == have.shape
-        scale = float(np.abs(want).max())  # the output's own scale: some are far below 1
-        assert scale > 0
+        # The output's own scale, but not below 0.01: float32 rounding of the O(1) values an
+        # output is computed from stays (PaddleOCR's detector: a sigmoid map whose largest
+        # value is 0.0016 differs by 1.8e-7). Zoo exports have logits of order 1
+        # (zoo._normalise_activations), so the floor leaves no torchvision check empty.
+        scale = max(float(np.abs(want).max()), 0.01)
         assert float(np.abs(want - have).max()) <= 1e-4 * scale
 
 

@@ -1,4 +1,4 @@
-"""SplitPackedBlocks: a packed projection taken apart by Reshape and Gather becomes one Split.
+"""SplitPackedBlocks: a packed projection taken apart by Reshape and picks becomes one Split.
 
 torch's nn.MultiheadAttention (torchvision's ViT, nn.TransformerEncoder) projects Q, K and V
 with one [E, 3E] weight and separates them as ``unflatten(-1, (3, E)).unsqueeze(0)
@@ -7,9 +7,11 @@ with one [E, 3E] weight and separates them as ``unflatten(-1, (3, E)).unsqueeze(
 and a Gather per block. Each Gather output is simply x[..., i*E:(i+1)*E], i.e. one output of
 Split(x, axis=-1), the form in which packed QKV reaches the coupling rules from other exporters
 (GPT-2's c_attn). Gather on a reshaped channel axis has no coupling rule of its own, so without
-this rewrite every head of such a model stays frozen.
+this rewrite every head of such a model stays frozen. timm's attention does the same with
+``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``: Split (legacy export) or one Slice
+per block (dynamo) on the block axis, each followed by a Squeeze of it.
 
-The rewrite tracks every axis through the chain and applies only where the Gathers pick whole
+The rewrite tracks every axis through the chain and applies only where the picks take whole
 blocks on the block axis and the chain neither left an inserted axis nor removed one of x's;
 a block with several inner axes (Swin's heads x head size) is reshaped into them and
 transposed into the order the picks had. The intermediate tensors must have no other reader,
@@ -29,6 +31,7 @@ from graphprune.ir import Graph
 from .base import add_weight, drop_unused_weights, is_default_domain
 
 _BLOCK, _CHANNEL, _UNIT = "block", "channel", "unit"  # axis labels; leading axes are ints
+_PICKERS = ("Gather", "Split", "Slice")  # ops that may take blocks off the block axis
 
 
 class SplitPackedBlocks:
@@ -46,8 +49,8 @@ class SplitPackedBlocks:
 
 
 def _match(graph: Graph, reshape: onnx.NodeProto):
-    """(chain nodes, gathers, block count, block dims, axis order after a Gather), or None
-    where the pattern does not hold."""
+    """(chain nodes, picks, block count, block dims, axis order after a pick), or None where
+    the pattern does not hold."""
     x, y = reshape.input[0], reshape.output[0]
     sx, sy = graph.shape(x), graph.shape(y)
     if sx is None or sy is None or len(sx) < 1 or len(sy) <= len(sx):
@@ -64,7 +67,7 @@ def _match(graph: Graph, reshape: onnx.NodeProto):
         if tensor in graph.output_names:
             return None
         readers = graph.consumers(tensor)
-        if readers and all(r.op_type == "Gather" and is_default_domain(r) for r in readers):
+        if readers and all(r.op_type in _PICKERS and is_default_domain(r) for r in readers):
             break
         if len(readers) != 1 or not is_default_domain(readers[0]):
             return None
@@ -79,17 +82,76 @@ def _match(graph: Graph, reshape: onnx.NodeProto):
     if sorted(map(str, rest)) != sorted(map(str, canonical)):
         return None  # an axis the chain inserted is left, or one of x's was squeezed
     order = [canonical.index(label) for label in rest]
-    picked = set()
-    for gather in readers:
-        index = graph.const(gather.input[1])
-        if (int(attr(gather, "axis", 0)) % len(labels) != axis or index is None
-                or index.ndim != 0 or not -blocks <= int(index) < blocks):
-            return None
-        index = int(index) % blocks
-        if index in picked and gather.output[0] in graph.output_names:
+    picks = _picks(graph, readers, axis, len(labels), blocks)
+    if picks is None:
+        return None
+    seen = set()
+    for index, output, _ in picks:
+        if index in seen and output in graph.output_names:
             return None  # a second pick of a block would become an alias of the first
-        picked.add(index)
-    return chain, readers, blocks, inner, order
+        seen.add(index)
+    return chain, picks, blocks, inner, order
+
+
+def _picks(graph: Graph, readers, axis: int, rank: int, blocks: int):
+    """[(block, tensor that holds it without the block axis, nodes that made it)] for the
+    readers of the block axis: Gather of one index (nn.MultiheadAttention, Swin), or Split into
+    single blocks / a Slice of one block, then Squeeze of that axis (``unbind``, as timm's
+    attention separates Q, K, V); None where a reader is anything else."""
+    picks = []
+    for reader in readers:
+        if reader.op_type == "Gather":
+            index = graph.const(reader.input[1])
+            if (int(attr(reader, "axis", 0)) % rank != axis or index is None or index.ndim != 0
+                    or not -blocks <= int(index) < blocks):
+                return None
+            picks.append((int(index) % blocks, reader.output[0], [reader]))
+            continue
+        if reader.op_type == "Split":
+            if (int(attr(reader, "axis", 0)) % rank != axis or len(reader.output) != blocks
+                    or any(size != 1 for size in _split_sizes(graph, reader, blocks))):
+                return None
+        elif _slice_block(graph, reader, axis, rank, blocks) is None:
+            return None
+        for k, out in enumerate(reader.output):
+            users = graph.consumers(out)
+            if not users and reader.op_type == "Split" and out not in graph.output_names:
+                continue  # a block nobody reads
+            squeeze = users[0] if len(users) == 1 else None
+            if (squeeze is None or squeeze.op_type != "Squeeze" or out in graph.output_names
+                    or [int(a) % rank for a in (_axes(graph, squeeze) or [])] != [axis]):
+                return None
+            index = k if reader.op_type == "Split" else _slice_block(graph, reader, axis, rank,
+                                                                       blocks)
+            picks.append((index, squeeze.output[0], [reader, squeeze]))
+    return picks
+
+
+def _split_sizes(graph: Graph, split: onnx.NodeProto, blocks: int) -> list[int]:
+    """Split's sizes: the input after opset 13, the attribute before, equal parts without."""
+    if len(split.input) > 1 and split.input[1]:
+        sizes = graph.const(split.input[1])
+        return [-1] if sizes is None else [int(v) for v in sizes.reshape(-1)]
+    return list(attr(split, "split", [1] * blocks))
+
+
+def _slice_block(graph: Graph, node: onnx.NodeProto, axis: int, rank: int,
+                 blocks: int) -> int | None:
+    """The block a Slice keeps where it keeps exactly one (start i, end i + 1, step 1, on the
+    block axis), else None."""
+    values = [graph.const(name) if name else None for name in list(node.input[1:5])]
+    values += [None] * (4 - len(values))
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if (axes is not None and int(axes.reshape(-1)[0]) % rank != axis) or (
+            axes is None and axis != 0) or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+        return None
+    start = int(starts.reshape(-1)[0])
+    start = start + blocks if start < 0 else start
+    end = min(int(ends.reshape(-1)[0]), blocks)
+    end = end + blocks if end < 0 else end
+    return start if 0 <= start < blocks and end == start + 1 else None
 
 
 def _follow(graph: Graph, node: onnx.NodeProto, labels: list) -> list | None:
@@ -123,18 +185,17 @@ def _axes(graph: Graph, node: onnx.NodeProto) -> list[int] | None:
     return None
 
 
-def _rewrite(graph: Graph, reshape: onnx.NodeProto, chain, gathers, blocks: int,
+def _rewrite(graph: Graph, reshape: onnx.NodeProto, chain, picks, blocks: int,
              inner: list[int], order: list[int]) -> None:
     """Split x into the blocks; a block with several inner axes is reshaped into them (the
     leading axes copied by 0 entries) and transposed into the order the Gathers gave."""
     outputs: dict[int, str] = {}
     aliases: dict[str, str] = {}
-    for gather in gathers:
-        index = int(graph.const(gather.input[1])) % blocks
+    for index, output, _ in picks:
         if index in outputs:
-            aliases[gather.output[0]] = outputs[index]
+            aliases[output] = outputs[index]
         else:
-            outputs[index] = gather.output[0]
+            outputs[index] = output
     base = reshape.name or "packed"
     x = reshape.input[0]
     lead = len(graph.shape(x)) - 1
@@ -163,8 +224,9 @@ def _rewrite(graph: Graph, reshape: onnx.NodeProto, chain, gathers, blocks: int,
             if transposed:
                 new.append(helper.make_node("Transpose", [shaped], [final], perm=order,
                                             name=graph.unique_name(f"{base}_block{index}_transpose")))
-    removed = {id(n) for n in (reshape, *chain, *gathers)}
-    unused = [i for n in (reshape, *chain, *gathers) for i in n.input[1:] if i]
+    gone = {id(n): n for n in (reshape, *chain, *(n for _, _, made in picks for n in made))}
+    removed = set(gone)
+    unused = [i for n in gone.values() for i in n.input[1:] if i]
     kept = []
     for n in graph.nodes:
         if n is reshape:

@@ -1,7 +1,8 @@
-"""torch's own attention, exported: nn.TransformerEncoder (batch first or not, both exporters)
-and torchvision's ViT-B/16, Swin-T and MaxViT-T (legacy exporter). nn.MultiheadAttention packs
-Q, K, V into one projection separated by Reshape/Gather and folds the heads into the batch
-axis; Swin reshapes its packed projection into (3, heads, head size); MaxViT multiplies with
+"""torch's own attention, exported: nn.TransformerEncoder (batch first or not, both
+exporters), timm-style attention (``unbind``, both exporters) and torchvision's ViT-B/16,
+Swin-T and MaxViT-T (legacy exporter). nn.MultiheadAttention packs Q, K, V into one
+projection separated by Reshape/Gather and folds the heads into the batch axis; Swin reshapes
+its packed projection into (3, heads, head size), timm unbinds it; MaxViT multiplies with
 Einsum. Heads must prune (groups tagged "heads") into models equal to the mask oracle at two
 batch sizes."""
 import numpy as np
@@ -26,6 +27,26 @@ class _Encoder(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.encoder(x))
+
+
+class _TimmBlock(torch.nn.Module):
+    """timm's ViT attention: Q, K, V unbound from one reshaped, permuted projection."""
+
+    def __init__(self, dim=64, heads=8):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.fc1, self.fc2 = torch.nn.Linear(dim, 2 * dim), torch.nn.Linear(2 * dim, dim)
+        self.head = torch.nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return self.head(x)
 
 
 def _export(model, example, batch_axis: int, exporter: str, dest) -> str:
@@ -75,6 +96,14 @@ def test_transformer_encoder_heads_prune(tmp_path, batch_first, exporter):
     inputs = [np.moveaxis(rng.standard_normal((b, 7, 64)).astype(np.float32), 0, axis)
               for b in (1, 3)]
     assert len(_check(path, inputs, floor=0.30)) == 2  # both layers' heads
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_timm_style_unbind_attention_heads_prune(tmp_path, exporter):
+    path = _export(_TimmBlock(), (torch.randn(2, 7, 64),), 0, exporter, tmp_path / "t.onnx")
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((b, 7, 64)).astype(np.float32) for b in (1, 3)]
+    assert len(_check(path, inputs, floor=0.30)) == 1
 
 
 @pytest.mark.parametrize("name,floor", [("vit_b_16", 0.35), ("swin_t", 0.30),

@@ -113,3 +113,60 @@ def test_untouched_when_the_reshape_splits_a_leading_axis():
 def test_runs_by_default():
     assert any(isinstance(p, SplitPackedBlocks) for p in DEFAULT_PASSES)
     assert isinstance(_torch_mha_split(), onnx.ModelProto)
+
+
+def _timm_unbind(picker: str, sizes=(1, 1, 1), slice_step=1, squeeze=True):
+    """timm's attention: qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0), exported
+    as Split (legacy) or one Slice per block (dynamo), each block then squeezed."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["qkv"]),
+             helper.make_node("Reshape", ["qkv", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4])]
+    inits = [init("W", rand(E, 3 * E)), init("shape", np.array([0, 6, 3, H, E // H], np.int64)),
+             init("ax0", np.array([0], np.int64)), init("step", np.array([slice_step]))]
+    blocks = [f"b{k}" for k in range(len(sizes))] if picker == "Split" else \
+        [f"b{k}" for k in range(3)]
+    if picker == "Split":
+        nodes.append(helper.make_node("Split", ["t", "sizes"], blocks, axis=0))
+        inits.append(init("sizes", np.array(sizes, np.int64)))
+    else:
+        for k in range(3):
+            inits += [init(f"s{k}", np.array([k], np.int64)),
+                      init(f"e{k}", np.array([k + 1], np.int64))]
+            nodes.append(helper.make_node("Slice", ["t", f"s{k}", f"e{k}", "ax0", "step"],
+                                          [f"b{k}"]))
+    out_shape = ["batch", H, 6, E // H]
+    if squeeze:
+        nodes += [helper.make_node("Squeeze", [b, "ax0"], [f"p{k}"]) for k, b in enumerate(blocks)]
+        outputs = [vi(f"p{k}", out_shape) for k in range(len(blocks))]
+    else:
+        nodes += [helper.make_node("Relu", [b], [f"p{k}"]) for k, b in enumerate(blocks)]
+        outputs = [vi(f"p{k}", [1, *out_shape]) for k in range(len(blocks))]
+    return make_model(nodes, [vi("x", ["batch", 6, E])], outputs, inits)
+
+
+def test_timm_unbind_by_split_or_slices_becomes_one_split():
+    for picker in ("Split", "Slice"):
+        model = _timm_unbind(picker)
+        graph, changed = _run(model)
+        assert changed, picker
+        assert op_types(graph) == ["MatMul", "Split"] + ["Reshape", "Transpose"] * 3
+        assert_equivalent(model, graph, batch=3)
+
+
+def test_unbind_forms_that_are_not_single_blocks_are_left_alone():
+    for model in (_split_two_and_one(),  # its squeezed output is block 2, not 1
+                  _timm_unbind("Slice", slice_step=2),  # a strided slice (of one block)
+                  _timm_unbind("Split", squeeze=False)):  # blocks kept with their axis
+        graph, changed = _run(model)
+        assert not changed
+
+
+def _split_two_and_one():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 1, 3]),
+             helper.make_node("Split", ["t", "sizes"], ["b01", "b2"], axis=0),
+             helper.make_node("Squeeze", ["b2", "ax0"], ["p"])]
+    return make_model(nodes, [vi("x", ["batch", 6, 3 * E])], [vi("p", ["batch", 6, E])],
+                      [init("shape", np.array([0, 6, 3, E], np.int64)),
+                       init("sizes", np.array([2, 1], np.int64)),
+                       init("ax0", np.array([0], np.int64))])

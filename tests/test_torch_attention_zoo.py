@@ -1,10 +1,10 @@
-"""torch's own attention, exported: nn.TransformerEncoder (batch first or not, both
-exporters), timm-style attention (``unbind``, both exporters) and torchvision's ViT-B/16,
-Swin-T and MaxViT-T (legacy exporter). nn.MultiheadAttention packs Q, K, V into one
-projection separated by Reshape/Gather and folds the heads into the batch axis; Swin reshapes
-its packed projection into (3, heads, head size), timm unbinds it; MaxViT multiplies with
-Einsum. Heads must prune (groups tagged "heads") into models equal to the mask oracle at two
-batch sizes."""
+"""torch's own attention, exported: nn.TransformerEncoder (batch first or not) and
+nn.TransformerDecoderLayer (self- and cross-attention), timm-style attention (``unbind``), all
+with both exporters, and torchvision's ViT-B/16, Swin-T and MaxViT-T (legacy exporter).
+nn.MultiheadAttention packs Q, K, V into one projection separated by Reshape/Gather and folds
+the heads into the batch axis; Swin reshapes its packed projection into (3, heads, head
+size), timm unbinds it; MaxViT multiplies with Einsum. Heads must prune (groups tagged
+"heads") into models equal to the mask oracle at two batch sizes."""
 import numpy as np
 import onnx
 import pytest
@@ -29,6 +29,19 @@ class _Encoder(torch.nn.Module):
         return self.head(self.encoder(x))
 
 
+class _Decoder(torch.nn.Module):
+    """Self-attention and cross-attention: the cross one packs only K and V (two blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.TransformerDecoderLayer(64, 8, 128, dropout=0.0,
+                                                        batch_first=True)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, tgt, memory):
+        return self.head(self.decoder(tgt, memory))
+
+
 class _TimmBlock(torch.nn.Module):
     """timm's ViT attention: Q, K, V unbound from one reshaped, permuted projection."""
 
@@ -49,12 +62,13 @@ class _TimmBlock(torch.nn.Module):
         return self.head(x)
 
 
-def _export(model, example, batch_axis: int, exporter: str, dest) -> str:
+def _export(model, example, batch_axis: int, exporter: str, dest,
+            inputs=("input",)) -> str:
     torch.manual_seed(0)
     for p in model.parameters():  # TransformerEncoder clones one layer: make them differ
         torch.nn.init.normal_(p, std=0.1)
-    io = {"input_names": ["input"], "output_names": ["output"],
-          "dynamic_axes": {"input": {batch_axis: "batch"}, "output": {batch_axis: "batch"}}}
+    io = {"input_names": list(inputs), "output_names": ["output"],
+          "dynamic_axes": {name: {batch_axis: "batch"} for name in (*inputs, "output")}}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the legacy exporter has no fused MHA op
     try:
@@ -69,7 +83,7 @@ def _export(model, example, batch_axis: int, exporter: str, dest) -> str:
     return str(dest)
 
 
-def _check(path: str, inputs: list[np.ndarray], floor: float):
+def _check(path: str, inputs: list, floor: float):
     result = prune(path, ratio=0.4, head_ratio=0.4)
     onnx.checker.check_model(result.model, full_check=True)
     _, analysis = analyze_model(path)
@@ -80,7 +94,8 @@ def _check(path: str, inputs: list[np.ndarray], floor: float):
     graph, analysis = analyze_model(path)
     apply_plan(graph, analysis, result.plan, mode="mask")
     for x in inputs:
-        (want,), (have,) = run(graph.to_model(), {"input": x}), run(result.model, {"input": x})
+        feeds = x if isinstance(x, dict) else {"input": x}
+        (want,), (have,) = run(graph.to_model(), feeds), run(result.model, feeds)
         assert want.shape == have.shape
         assert float(np.abs(want - have).max()) <= 1e-4 * float(np.abs(want).max())
     return heads
@@ -96,6 +111,17 @@ def test_transformer_encoder_heads_prune(tmp_path, batch_first, exporter):
     inputs = [np.moveaxis(rng.standard_normal((b, 7, 64)).astype(np.float32), 0, axis)
               for b in (1, 3)]
     assert len(_check(path, inputs, floor=0.30)) == 2  # both layers' heads
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_transformer_decoder_self_and_cross_attention_heads_prune(tmp_path, exporter):
+    example = (torch.randn(2, 5, 64), torch.randn(2, 9, 64))
+    path = _export(_Decoder(), example, 0, exporter, tmp_path / "dec.onnx",
+                   inputs=("tgt", "memory"))
+    rng = np.random.default_rng(4)
+    inputs = [{"tgt": rng.standard_normal((b, 5, 64)).astype(np.float32),
+               "memory": rng.standard_normal((b, 9, 64)).astype(np.float32)} for b in (1, 3)]
+    assert len(_check(path, inputs, floor=0.30)) == 2  # self- and cross-attention heads
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])

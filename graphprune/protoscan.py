@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 _MODEL_GRAPH = 7  # ModelProto.graph
+_MODEL_METADATA = 14  # ModelProto.metadata_props
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _T_DIMS, _T_TYPE, _T_NAME, _T_RAW, _T_LOCATION = 1, 2, 8, 9, 14  # TensorProto fields
 
@@ -79,6 +80,18 @@ def _copy(f, start: int, stop: int) -> bytes:
     if len(data) != stop - start:
         raise ScanError("truncated file")
     return data
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The model's metadata_props, read without parsing (or reading) its graph and weights."""
+    path = Path(path)
+    props = {}
+    with open(path, "rb") as f:
+        for field, wire, _, at, length in _fields(f, path.stat().st_size):
+            if field == _MODEL_METADATA and wire == 2:
+                entry = onnx.StringStringEntryProto.FromString(_copy(f, at, at + length))
+                props[entry.key] = entry.value
+    return props
 
 
 def read_model(path: str | Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -311,11 +311,11 @@ _REVISION_KEY = "graphprune.zoo_export_revision"
 
 
 def _current_revision(path: pathlib.Path) -> bool:
-    if not path.exists():
-        return False
-    model = onnx.load(str(path), load_external_data=False)
-    return any(p.key == _REVISION_KEY and p.value == EXPORT_REVISION
-               for p in model.metadata_props)
+    """Whether `path` holds an export of this revision (its weights are not read: the check
+    runs on every call, and VGG's file is half a gigabyte)."""
+    from graphprune.protoscan import read_metadata
+
+    return path.exists() and read_metadata(path).get(_REVISION_KEY) == EXPORT_REVISION
 
 
 def _normalise_activations(model, example) -> None:

@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.io import load_split, save_graph
 from graphprune.ir import Graph
-from graphprune.protoscan import ScanError, read_model
+from graphprune.protoscan import ScanError, read_metadata, read_model
 from models.blocks import BLOCKS, save_with_external_data
 
 DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_]
@@ -87,3 +87,13 @@ def test_external_model_with_shape_constants_runs(tmp_path):
     path = save_graph(shell, weights, tmp_path / "m.onnx", external=True)
     feeds = random_inputs(model)
     np.testing.assert_allclose(run(str(path), feeds)[0], run(model, feeds)[0], rtol=1e-6)
+
+
+def test_read_metadata_skips_the_graph(tmp_path):
+    model = _model_with({"w": np.ones((64, 64), np.float32)})
+    onnx.helper.set_model_props(model, {"revision": "2", "source": "test"})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert read_metadata(path) == {"revision": "2", "source": "test"}
+    onnx.save(_model_with({"w": np.ones(3, np.float32)}), path)
+    assert read_metadata(path) == {}

@@ -9,16 +9,10 @@ import pytest
 
 from graphprune import prune
 from graphprune.api import analyze_model
-from graphprune.surgery import apply_plan
 from graphprune.verify import random_inputs, run
 from models.attention import ATTENTION_BLOCKS
 from models.blocks import BLOCKS
-
-
-def _masked_reference(model, plan):
-    graph, analysis = analyze_model(model)
-    apply_plan(graph, analysis, plan, mode="mask")
-    return graph.to_model()
+from oracle_testlib import masked_reference
 
 
 @pytest.mark.parametrize("criterion", ["l2", "random"])
@@ -29,7 +23,7 @@ def test_pruned_equals_masked_original(name, criterion):
     assert result.report.groups_pruned > 0
     assert result.report.params_after < 0.8 * result.report.params_before
 
-    masked = _masked_reference(model, result.plan)
+    masked = masked_reference(model, result.plan)
     feeds = random_inputs(model, seed=1)
     expected, got, original = run(masked, feeds), run(result.model, feeds), run(model, feeds)
     for want, have, orig in zip(expected, got, original):
@@ -63,7 +57,7 @@ def test_attention_blocks_prune_heads_and_ffn_exactly(name):
             assert len(planned[g.key].keep) == g.units - int(g.units * 0.5)
     assert result.report.params_after < 0.75 * result.report.params_before
 
-    masked = _masked_reference(model, result.plan)
+    masked = masked_reference(model, result.plan)
     feeds = random_inputs(model, seed=1)
     for want, have in zip(run(masked, feeds), run(result.model, feeds)):
         assert have.shape == want.shape

@@ -263,22 +263,30 @@ def test_old_ir_model_lists_the_packed_weights_as_inputs(name):
         t.name for t in model.graph.initializer}
 
 
-def _softmax_guard_model(extra_reader: bool = False) -> onnx.ModelProto:
-    """X @ W, then Softmax -> IsNaN -> Where(isnan, 0, softmax) as torch's exporter writes it
-    after an attention softmax; `extra_reader`: the softmax output is also a graph output."""
-    rng = np.random.default_rng(0)
+def _softmax_guard_model(mask_shape=None, extra_output: str | None = None,
+                         seed: int = 0) -> onnx.ModelProto:
+    """X @ W (+ M, an additive mask input of `mask_shape`), then Softmax -> IsNaN ->
+    Where(isnan, 0, softmax) as torch's exporter writes it after an attention softmax;
+    `extra_output`: an intermediate ("p", the softmax; "sm", the masked sum) that is also a
+    graph output."""
+    rng = np.random.default_rng(seed)
     w = rng.standard_normal((16, 24)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["X", "W"], ["s"]),
-             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-             helper.make_node("IsNaN", ["p"], ["bad"]),
-             helper.make_node("Where", ["bad", "zero", "p"], ["Y"])]
-    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 5, 24])]
-    if extra_reader:
-        outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 5, 24]))
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["s"])]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5, 16])]
+    scores = "s"
+    if mask_shape is not None:
+        nodes.append(helper.make_node("Add", ["M", "s"], ["sm"]))
+        inputs.append(helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape))
+        scores = "sm"
+    nodes += [helper.make_node("Softmax", [scores], ["p"], axis=-1),
+              helper.make_node("IsNaN", ["p"], ["bad"]),
+              helper.make_node("Where", ["bad", "zero", "p"], ["Y"])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 5, 24])
+               for name in ("Y", extra_output) if name]
     graph = helper.make_graph(
-        nodes, "guard", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5, 16])],
-        outputs, initializer=[numpy_helper.from_array(w, "W"),
-                              numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+        nodes, "guard", inputs, outputs,
+        initializer=[numpy_helper.from_array(w, "W"),
+                     numpy_helper.from_array(np.zeros((), np.float32), "zero")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -292,7 +300,7 @@ def test_softmax_nan_guard_becomes_one_node():
     assert len(result.report.sparsity.softmax_guards) == 1
     assert "zero" not in {i.name for i in result.model.graph.initializer}
     onnx.checker.check_model(result.model, full_check=True)
-    kept = graphprune.prune(_softmax_guard_model(extra_reader=True), ratio=0.0, verify=False,
+    kept = graphprune.prune(_softmax_guard_model(extra_output="p"), ratio=0.0, verify=False,
                             sparse=config)
     assert [n.op_type for n in kept.model.graph.node] == ["SparseMatMul", "Softmax", "IsNaN",
                                                           "Where"]
@@ -301,31 +309,12 @@ def test_softmax_nan_guard_becomes_one_node():
     assert "SoftmaxNanToZero" not in [n.op_type for n in off.model.graph.node]
 
 
-def _masked_softmax_model(mask_shape, sum_is_output=False) -> onnx.ModelProto:
-    """X @ W + M (an additive mask input of `mask_shape`), then the softmax guard."""
-    rng = np.random.default_rng(2)
-    nodes = [helper.make_node("MatMul", ["X", "W"], ["s"]),
-             helper.make_node("Add", ["M", "s"], ["sm"]),
-             helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
-             helper.make_node("IsNaN", ["p"], ["bad"]),
-             helper.make_node("Where", ["bad", "zero", "p"], ["Y"])]
-    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 5, 24])]
-    if sum_is_output:
-        outputs.append(helper.make_tensor_value_info("sm", TensorProto.FLOAT, ["N", 5, 24]))
-    graph = helper.make_graph(
-        nodes, "masked", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5, 16]),
-                          helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape)],
-        outputs, initializer=[
-            numpy_helper.from_array(rng.standard_normal((16, 24)).astype(np.float32), "W"),
-            numpy_helper.from_array(np.zeros((), np.float32), "zero")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.mark.parametrize("mask_shape", [["N", 1, 24], [1, 5, 24], ["N", 5, 1], [24]])
 def test_mask_add_joins_the_softmax(mask_shape):
     """The Add of a mask broadcast over the scores becomes SoftmaxNanToZero's second input."""
     config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False)
-    result, _ = _sparsify_and_compare(_masked_softmax_model(mask_shape), config, batches=(1, 3))
+    result, _ = _sparsify_and_compare(_softmax_guard_model(mask_shape, seed=2), config,
+                                      batches=(1, 3))
     nodes = list(result.model.graph.node)
     assert [n.op_type for n in nodes] == ["SparseMatMul", "SoftmaxNanToZero"]
     assert list(nodes[1].input) == [nodes[0].output[0], "M"]
@@ -335,7 +324,7 @@ def test_mask_add_joins_the_softmax(mask_shape):
 
 def test_mask_add_read_elsewhere_stays():
     config = SparsifyConfig(sparsity=0.75, pattern="unstructured", measure=False)
-    result, _ = _sparsify_and_compare(_masked_softmax_model(["N", 1, 24], sum_is_output=True),
+    result, _ = _sparsify_and_compare(_softmax_guard_model(["N", 1, 24], "sm", seed=2),
                                       config, batches=(2,))
     assert [n.op_type for n in result.model.graph.node] == ["SparseMatMul", "Add",
                                                             "SoftmaxNanToZero"]

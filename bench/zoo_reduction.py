@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,16 +21,23 @@ sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
 from graphprune.policy import Rounding, parse_round_to  # noqa: E402
+from models import torch_attention  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
 
 
-def _cases():
+def _cases(scratch: Path):
     for name in zoo.LIGHT_MODELS:
         yield f"onnx-light/{name}", lambda name=name: zoo.light_model(name)
     for name in zoo.TORCHVISION_MODELS:
         for exporter in zoo.EXPORTERS:
             yield f"{name} ({exporter})", lambda n=name, e=exporter: zoo.torchvision_model(n, e)
+    for name in zoo.EXTRA_TORCHVISION_MODELS + zoo.ATTENTION_TORCHVISION_MODELS:
+        yield f"{name} (legacy)", lambda n=name: zoo.torchvision_model(n, "legacy")
+    for name in torch_attention.TORCH_ATTENTION_MODELS:  # small: exported afresh, seconds
+        for exporter in zoo.EXPORTERS:
+            yield (f"torch/{name} ({exporter})", lambda n=name, e=exporter:
+                   torch_attention.export(n, e, scratch / f"{n}.{e}.onnx"))
     for name in zoo.WHEEL_MODELS:  # trained models shipped in PyPI wheels (paddle2onnx, YOLOv8n)
         yield f"wheel/{name}", lambda name=name: str(zoo.wheel_model(name))
     for name in tz.TRANSFORMER_MODELS:
@@ -44,13 +52,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     rows = []
-    for label, load in _cases():
+    scratch = tempfile.TemporaryDirectory(prefix="zoo_reduction.")
+    for label, load in _cases(Path(scratch.name)):
         start = time.perf_counter()
         try:
             rep = graphprune.prune(load(), ratio=args.ratio, round_to=args.round_to,
                                    head_ratio=args.ratio).report
         except graphprune.GraphpruneError as err:
             rows.append({"model": label, "error": str(err)})
+            print(f"{label}: error: {err}", file=sys.stderr, flush=True)
             continue
         reasons = sorted({re.sub(r"'[^']*'", "'…'", why) for _, why in rep.frozen
                           if "graph input or output" not in why})
@@ -59,6 +69,9 @@ def main(argv=None) -> int:
                      "mac_reduction": 1 - rep.mac_ratio, "groups": rep.groups_found,
                      "pruned": rep.groups_pruned, "cosine": rep.fidelity.cosine,
                      "seconds": time.perf_counter() - start, "frozen_reasons": reasons})
+        print(f"{label}: {1 - rep.param_ratio:.1%} of parameters removed",
+              file=sys.stderr, flush=True)  # progress: the whole run takes minutes
+    scratch.cleanup()
     rounding = Rounding.of(args.round_to).label  # auto:<block> where auto
     lines = [f"ratio {args.ratio}, round-to {rounding}", "",
              "| model | params before | params removed | MACs removed | groups pruned/found | "

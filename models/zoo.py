@@ -67,6 +67,18 @@ EXTRA_TORCHVISION_MODELS = (
     "resnet34",
 )
 
+# Attention models, exported with the legacy exporter (torch's fused attention fast path
+# off: it has no ONNX export) by tests/test_torch_attention_zoo.py and bench/zoo_reduction.py.
+# The dynamo export of ViT bakes batch 1 into its reshapes while declaring a dynamic batch.
+ATTENTION_TORCHVISION_MODELS = (
+    "vit_b_16",
+    "swin_t",
+    "maxvit_t",
+)
+
+ALL_TORCHVISION_MODELS = (TORCHVISION_MODELS + EXTRA_TORCHVISION_MODELS
+                          + ATTENTION_TORCHVISION_MODELS)
+
 EXPORTERS = ("dynamo", "legacy")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
@@ -273,9 +285,9 @@ def torchvision_model(name: str, exporter: str = "dynamo", cache_dir=None) -> pa
     is exported, verified (full checker, onnxruntime run) and only then moved
     into the cache, so the cache never holds a partial or invalid file.
     """
-    if name not in TORCHVISION_MODELS + EXTRA_TORCHVISION_MODELS:
+    if name not in ALL_TORCHVISION_MODELS:
         raise ValueError(f"unknown torchvision model {name!r}; choose from "
-                         f"{TORCHVISION_MODELS + EXTRA_TORCHVISION_MODELS}")
+                         f"{ALL_TORCHVISION_MODELS}")
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose from {EXPORTERS}")
     directory = default_cache_dir(cache_dir)
@@ -342,6 +354,8 @@ def _export(name: str, exporter: str, dest: str) -> None:
     import torch
     import torchvision
 
+    from .torch_attention import mha_fast_path_off
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     torch.manual_seed(0)
     kwargs = {"weights": None}
@@ -352,7 +366,7 @@ def _export(name: str, exporter: str, dest: str) -> None:
     example = (torch.randn(1, 3, 224, 224),)
     io = {"input_names": ["input"], "output_names": ["output"],
           "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), mha_fast_path_off(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # legacy: deprecated, still used
         warnings.filterwarnings("ignore", "# 'dynamic_axes' is not recommended")
         if exporter == "legacy":
@@ -440,11 +454,14 @@ def _summary(exc: BaseException, width: int = 90) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def build_table(args, default_names, build, describe, headers) -> int:
+def build_table(args, default_names, build, describe, headers,
+                is_current=pathlib.Path.exists) -> int:
     """Build (or find cached) every name × exporter, printing progress and a table.
 
     `build(name, exporter, directory)` exports one model; `describe(model)` gives the columns
-    after status and seconds. Shared by this zoo's and the transformer zoo's `build` command."""
+    after status and seconds; `is_current(path)` says whether a cached file will be used as it
+    is (a stale one is exported again and reported as built). Shared by this zoo's and the
+    transformer zoo's `build` command."""
     names = args.names or list(default_names)
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
     directory = default_cache_dir(args.cache_dir)
@@ -455,7 +472,7 @@ def build_table(args, default_names, build, describe, headers) -> int:
             path = directory / f"{name}.{exporter}.onnx"
             if args.force and path.exists():
                 path.unlink()
-            cached = path.exists()
+            cached = is_current(path)
             t0 = time.perf_counter()
             try:
                 build(name, exporter, directory)
@@ -477,7 +494,8 @@ def build_table(args, default_names, build, describe, headers) -> int:
 def _cmd_build(args) -> int:
     return build_table(args, TORCHVISION_MODELS, torchvision_model,
                        lambda m: [len(m.graph.node), count_params(m)],
-                       ["model", "exporter", "status", "export s", "nodes", "params"])
+                       ["model", "exporter", "status", "export s", "nodes", "params"],
+                       is_current=_current_revision)
 
 
 def main(argv=None) -> int:
@@ -491,9 +509,10 @@ def main(argv=None) -> int:
     build.set_defaults(func=_cmd_build)
     sub.add_parser("light", help="materialise and run the light models").set_defaults(func=_cmd_light)
     args = parser.parse_args(argv)
-    unknown = set(getattr(args, "names", ())) - set(TORCHVISION_MODELS)
+    unknown = set(getattr(args, "names", ())) - set(ALL_TORCHVISION_MODELS)
     if unknown:
-        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {TORCHVISION_MODELS}")
+        parser.error(f"unknown model(s) {sorted(unknown)}; "
+                     f"choose from {ALL_TORCHVISION_MODELS}")
     return args.func(args)
 
 

@@ -46,7 +46,8 @@ class ParamSlice:
 
     role: "producer" (makes the channel: conv output filters, their bias), "consumer" (reads the
     channel: conv input slices, Gemm columns), or "param" (per-channel parameters on the path:
-    norm scales, per-channel constants of Mul/Add). The mask oracle zeroes consumer entries.
+    norm scales, per-channel constants of Mul/Add). The mask oracle zeroes producer and consumer
+    entries.
     `pairs` maps space channels to weight indices when it is not the identity.
     `grouped` marks a grouped-conv weight whose axis 1 holds per-group local input indices.
     """

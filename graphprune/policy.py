@@ -194,8 +194,13 @@ def select(group: Group, scores: np.ndarray, ratio: float,
     step, kernel = rounding.step, rounding.kernel
     if group.blocks is None:
         count = kept_count(group.units, ratio, step, "heads" in group.tags, floor=kernel)
-        segments = _segments(group) if step > 1 else []
-        if len(segments) > 1:
+        segments = _segments(group) if step > 1 or "heads" in group.tags else []
+        if len(segments) > 1 and "heads" in group.tags:
+            # heads packed with others (Falcon's fused Q, K, V: 4 + 1 + 1 heads on one axis):
+            # each part loses its own share, so one key/value head is never the one to go
+            keep = np.concatenate([_top(scores, seg, kept_count(len(seg), ratio, 1, True))
+                                   for seg in segments])
+        elif len(segments) > 1:
             keep = _select_segments(scores, segments, count, step, kernel)
         else:
             keep = _top(scores, np.arange(group.units), count)

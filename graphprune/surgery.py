@@ -3,7 +3,10 @@
 Every member weight is sliced along its channel axis, then the fix-ups the rules registered
 rewrite the attributes and shape constants the channels flow through (group counts, Split
 sizes, Reshape targets). `mask` is the oracle used by the tests: instead of removing channels it
-zeroes every weight entry that *reads* a removed channel, which must give the same outputs.
+zeroes every weight entry that makes or reads a removed channel, which must give the same
+outputs. Zeroing the readers covers a channel that a weight consumes; zeroing the makers covers a
+channel summed between two activations (the contracted axis of Q @ Kᵀ), which no weight reads:
+removing it drops its terms from the sum, zeroing it at its source adds zeros.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: Plan, mode: str = "slice"
             if mode == "slice":
                 graph.weights[param.weight] = _slice(graph.weights[param.weight], param,
                                                      keep[space], group.sizes[space])
-            elif param.role == "consumer":
+            elif param.role in ("consumer", "producer"):
                 graph.weights[param.weight] = _mask(graph.weights[param.weight], param,
                                                     keep[space], group.sizes[space])
         if mode == "slice":

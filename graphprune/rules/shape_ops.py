@@ -199,6 +199,8 @@ def flatten(node, port: Port, graph) -> Effect:
 
 
 def _prefix_match(a: list, b: list) -> bool:
+    """Whether the axes before two aligned axes hold the same elements (size-1 axes aside)."""
+    a, b = [d for d in a if d != 1], [d for d in b if d != 1]
     if None in a or None in b:
         return a == b
     return math.prod(a) == math.prod(b)
@@ -305,6 +307,8 @@ def reshape(node, port: Port, graph) -> Effect:
         return frozen(f"Reshape '{node.name}' has unknown shapes")
     mine, theirs = (din, dout) if port.side == "in" else (dout, din)
     a = port.axis
+    if mine[a] == 1:  # one channel, never removed: nothing couples through it
+        return Effect()
     their_dynamic = graph.dynamic.get(node.output[0] if port.side == "in" else node.input[0],
                                       frozenset())
     for b in range(len(theirs)):
@@ -627,7 +631,9 @@ def pad(node, port: Port, graph) -> Effect:
 @rule("Expand")
 def expand(node, port: Port, graph) -> Effect:
     """Broadcasting to a target shape: an axis that is not expanded passes through and its
-    entry in the target shape is rewritten; expanding a size-1 axis creates no channels."""
+    entry in the target shape is rewritten; an axis the broadcast creates (from size 1, as when
+    one key/value head is repeated for every query head) holds copies, any of which can go:
+    its entry is rewritten to the kept count."""
     if port.index > 0:
         return frozen(f"Expand '{node.name}' shape input")
     din, dout = _dims(graph, node.input[0]), _dims(graph, node.output[0])
@@ -636,21 +642,26 @@ def expand(node, port: Port, graph) -> Effect:
     shift = len(dout) - len(din)
     in_axis = port.axis if port.side == "in" else port.axis - shift
     out_axis = in_axis + shift
-    if in_axis < 0 or din[in_axis] != dout[out_axis]:
+    copies = port.side == "out" and (in_axis < 0 or din[in_axis] == 1)
+    if not copies and (in_axis < 0 or din[in_axis] != dout[out_axis]):
         return frozen(f"Expand '{node.name}' broadcasts axis {out_axis}")
-    other = (node.output[0], out_axis) if port.side == "in" else (node.input[0], in_axis)
-    effect = Effect(links=[Link(other)])
+    effect = Effect()
+    if not copies:
+        other = (node.output[0], out_axis) if port.side == "in" else (node.input[0], in_axis)
+        effect.links.append(Link(other))
     target = graph.shape(node.input[1])
     if target is None or target[0] is None:
         return frozen(f"Expand '{node.name}' target of unknown length")
     position = out_axis - (len(dout) - target[0])
     if position >= 0:
         value, setter = _target_entry(graph, node, position)
-        if value is None:
+        if value is None or (copies and setter is None):
             return frozen(f"Expand '{node.name}' target shape is computed at run time")
         if value > 1:
             space = (node.output[0], out_axis)
             effect.fixups[f"expand:{node.name}"] = lambda g, keep: setter(g, len(keep[space]))
+    elif copies:  # the input is broadcast against a longer target: nothing to rewrite
+        return frozen(f"Expand '{node.name}' broadcasts axis {out_axis} from the input's rank")
     return effect
 
 

@@ -184,7 +184,6 @@ class Graph:
         """One inference with gap filling into self.shapes; returns the model it inferred.
         With stand-ins, shapes still unknown are probed in ONNX Runtime (probe.py)."""
         hints: list[onnx.ValueInfoProto] = []
-        probed = False
         for _ in range(64):  # each round can uncover one more fused op per layer
             model = self.to_model(embed_limit=_INFER_EMBED_LIMIT)
             model.graph.value_info.extend(hints)
@@ -196,9 +195,8 @@ class Graph:
                 inferred = onnx.shape_inference.infer_shapes(model)
             self._read_shapes(inferred)
             new_hints = self._shape_preserving_gaps()
-            if not new_hints and stand_ins and not probed:
-                probed = True
-                new_hints = self._probed_hints(stand_ins)
+            if not new_hints and stand_ins:  # again while it finds more: a probed Reshape
+                new_hints = self._probed_hints(stand_ins)  # can give the next its data shape
             if not new_hints:
                 break
             hints += new_hints

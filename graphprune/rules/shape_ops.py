@@ -341,7 +341,8 @@ def _merged_with_batch(node, port, graph, mine, theirs) -> Effect | None:
     """Heads folded into a dynamic batch axis ([B, H, S, D] <-> [B*H, S, D]), the way batched
     attention is exported: head h is every element i of the merged axis with i % H == h.
     The merged axis' target entry cannot name B*H' statically, so it must be derived at run
-    time (-1, 0, or computed from shapes); the heads entry is rewritten where it is literal."""
+    time (-1, 0, or computed from shapes; the constant H of Mul(batch, H) is rewritten); the
+    heads entry is rewritten where it is literal."""
     a = port.axis
     me = node.input[0] if port.side == "in" else node.output[0]
     them = node.output[0] if port.side == "in" else node.input[0]
@@ -352,25 +353,37 @@ def _merged_with_batch(node, port, graph, mine, theirs) -> Effect | None:
         if a >= 1 and (a - 1) in my_dynamic and _prefix_match(mine[:a - 1], theirs[:b]) and \
                 mine[a - 1] is not None and theirs[b] == mine[a - 1] * mine[a]:
             idx = np.arange(theirs[b])
-            link, other_axis = Link((them, b), (idx % mine[a], idx)), b
+            link, other_axis, them_merged = Link((them, b), (idx % mine[a], idx)), b, True
             break
         if b + 1 < len(theirs) and b in their_dynamic and _prefix_match(mine[:a], theirs[:b]) \
                 and theirs[b + 1] is not None and mine[a] == theirs[b] * theirs[b + 1]:
             idx = np.arange(mine[a])
-            link, other_axis = Link((them, b + 1), (idx, idx % theirs[b + 1])), b + 1
+            link, other_axis, them_merged = Link((them, b + 1), (idx, idx % theirs[b + 1])), \
+                b + 1, False
             break
     else:
         return None
     heads_out = (node.output[0], other_axis) if port.side == "in" else (node.output[0], a)
     effect = Effect(links=[link])
-    merged_output = len(graph.shape(node.output[0])) < len(graph.shape(node.input[0]))
+    merged_output = them_merged == (port.side == "in")
     value, setter = _target_entry(graph, node, heads_out[1])
+    if value is None and merged_output:  # B*H as Mul(batch read from a shape, H) (BLOOM)
+        product = _shape_product_setter(graph, node, heads_out[1])
+        if product is not None:
+            heads = (node.input[0], a if port.side == "in" else other_axis)
+            effect.fixups[f"reshape:{node.name}"] = lambda g, keep: product(g, len(keep[heads]))
+            return effect
     if value is None:
         return frozen(f"Reshape '{node.name}' target shape is computed at run time")
     if value > 0 and merged_output:  # the output holds B*H': it must come from the run time
         return frozen(f"Reshape '{node.name}' fixes the merged batch×heads size")
     if value > 0:
         effect.fixups[f"reshape:{node.name}"] = lambda g, keep: setter(g, len(keep[heads_out]))
+    if not merged_output and heads_out[1] > 0:  # the batch entry, B = B*H / H, follows too
+        quotient = _shape_quotient_setter(graph, node, heads_out[1] - 1)
+        if quotient is not None:
+            effect.fixups[f"reshape-batch:{node.name}"] = \
+                lambda g, keep: quotient(g, len(keep[heads_out]))
     return effect
 
 
@@ -441,22 +454,33 @@ def _batch_heads_fixup(graph, node, position: int, channels_space, size: int):
 def _shape_product_setter(graph, node, position: int):
     """Target entry `position` of Reshape `node` built as Concat(.., Unsqueeze(Mul(scalar read
     from a shape, constant)), ..): a setter of that constant, else None."""
+    return _shape_arithmetic_setter(graph, node, position, "Mul", (1, 0))
+
+
+def _shape_quotient_setter(graph, node, position: int):
+    """The same for Div(scalar read from a shape, constant): BLOOM recovers the batch size
+    from a [B*H, ..] shape by dividing by H."""
+    return _shape_arithmetic_setter(graph, node, position, "Div", (1,))
+
+
+def _shape_arithmetic_setter(graph, node, position: int, op: str, const_inputs: tuple):
     concat = graph.producer(node.input[1])
     found = None if concat is None or concat.op_type != "Concat" else \
         _concat_piece(graph, concat, position)
     if found is None or graph.shape(concat.input[found[0]]) != (1,):
         return None
-    mul = graph.producer(concat.input[found[0]])
-    while mul is not None and mul.op_type in ("Unsqueeze", "Cast", "Reshape"):
-        mul = graph.producer(mul.input[0])
-    if mul is None or mul.op_type != "Mul":
+    arith = graph.producer(concat.input[found[0]])
+    while arith is not None and arith.op_type in ("Unsqueeze", "Cast", "Reshape"):
+        arith = graph.producer(arith.input[0])
+    if arith is None or arith.op_type != op:
         return None
-    for index, other in ((1, 0), (0, 1)):
-        value = graph.const(mul.input[index])
-        if value is not None and value.size == 1 and _scalar_from_shape(graph, mul.input[other]):
-            def set_heads(graph, heads, mul=mul, index=index, value=value):
-                set_constant(graph, mul, index, np.full_like(value, heads))
-            return set_heads
+    for index in const_inputs:
+        value = graph.const(arith.input[index])
+        if value is not None and value.size == 1 and \
+                _scalar_from_shape(graph, arith.input[1 - index]):
+            def set_constant_operand(graph, count, arith=arith, index=index, value=value):
+                set_constant(graph, arith, index, np.full_like(value, count))
+            return set_constant_operand
     return None
 
 

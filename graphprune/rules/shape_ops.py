@@ -296,7 +296,7 @@ def _shape_entry_fixup(node, out_axis: int, space, graph):
 
 @rule("Reshape")
 def reshape(node, port: Port, graph) -> Effect:
-    """Block expansion or merge along aligned axes, channel shuffle as a permutation, heads folded into a dynamic batch axis; literal target entries (and the head count inside a run-time batch × heads entry) are rewritten."""
+    """Block expansion or merge along aligned axes, channel shuffle as a permutation, heads folded into a dynamic batch axis; literal target entries (and the head count inside a run-time batch × heads entry) are rewritten; a target read whole off Shape(t) (reshape_as) couples the output to t."""
     if port.index > 0:
         return frozen(f"Reshape '{node.name}' shape input")
     shuffle = _channel_shuffle(node, port, graph)
@@ -484,9 +484,24 @@ def _shape_arithmetic_setter(graph, node, position: int, op: str, const_inputs: 
     return None
 
 
+def _shaped_like(graph, node) -> str | None:
+    """The tensor t when Reshape/Expand `node` takes its whole target from Shape(t) (torch's
+    reshape_as / expand_as): the output is shaped like t, axis for axis."""
+    shape = graph.producer(node.input[1])
+    if shape is None or shape.op_type != "Shape" or any(a.name in ("start", "end")
+                                                         for a in shape.attribute):
+        return None
+    like = shape.input[0]
+    return like if graph.rank(like) == graph.rank(node.output[0]) else None
+
+
 def _reshape_effect(node, port, graph, other, pairs):
     effect = Effect(links=[Link(other, pairs)])
     out_space = other if port.side == "in" else (node.output[0], port.axis)
+    like = _shaped_like(graph, node)
+    if like is not None:  # the target is read off `like` at run time: couple to its axis
+        effect.links.append(Link((like, out_space[1]), pairs if port.side == "in" else None))
+        return effect
     fix = _shape_entry_fixup(node, out_space[1], out_space, graph)
     if fix is None:
         return frozen(f"Reshape '{node.name}' target shape is computed at run time")
@@ -657,7 +672,8 @@ def expand(node, port: Port, graph) -> Effect:
     """Broadcasting to a target shape: an axis that is not expanded passes through and its
     entry in the target shape is rewritten; an axis the broadcast creates (from size 1, as when
     one key/value head is repeated for every query head) holds copies, any of which can go:
-    its entry is rewritten to the kept count."""
+    its entry is rewritten to the kept count. A target read whole off Shape(t) (expand_as)
+    couples the output to t."""
     if port.index > 0:
         return frozen(f"Expand '{node.name}' shape input")
     din, dout = _dims(graph, node.input[0]), _dims(graph, node.output[0])
@@ -673,6 +689,10 @@ def expand(node, port: Port, graph) -> Effect:
     if not copies:
         other = (node.output[0], out_axis) if port.side == "in" else (node.input[0], in_axis)
         effect.links.append(Link(other))
+    like = _shaped_like(graph, node)
+    if like is not None:  # expand_as: the target is read off `like` at run time
+        effect.links.append(Link((like, out_axis)))
+        return effect
     target = graph.shape(node.input[1])
     if target is None or target[0] is None:
         return frozen(f"Expand '{node.name}' target of unknown length")

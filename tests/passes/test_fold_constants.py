@@ -107,6 +107,26 @@ def test_random_and_too_large_nodes_are_left():
     assert op_types(graph) == ["RandomNormal", "Add", "Add"]
 
 
+def test_weight_preprocessing_folds_whatever_the_weight_size_but_growth_is_capped():
+    """NF-ResNet standardizes its conv weights in the graph: a result no larger than its
+    input weight folds even past the cap; an Expand that would grow past it does not."""
+    w = np.random.default_rng(0).standard_normal((1200, 1000)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("ReduceMean", ["w"], ["mean"], axes=[1], keepdims=1),
+         helper.make_node("Sub", ["w", "mean"], ["centered"]),
+         helper.make_node("Expand", ["row", "big_shape"], ["grown"]),
+         helper.make_node("ReduceSum", ["grown"], ["gsum"], keepdims=0),
+         helper.make_node("MatMul", ["x", "centered"], ["h"]),
+         helper.make_node("Add", ["h", "gsum"], ["y"])],
+        [vi("x", [2, 1200])], [vi("y", [2, 1000])],
+        [init("w", w), init("row", np.ones((1, 1000), np.float32)),
+         init("big_shape", np.array([1500, 1000], np.int64))])
+    graph = load(model)
+    assert FoldConstants().run(graph)
+    assert op_types(graph) == ["Expand", "ReduceSum", "MatMul", "Add"]
+    assert_equivalent(model, graph)
+
+
 def test_dequantize_of_weight_is_kept():
     model = make_model(
         [helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["w"]),

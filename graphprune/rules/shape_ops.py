@@ -616,7 +616,7 @@ def squeeze(node, port: Port, graph) -> Effect:
 # ---------------------------------------------------------------- spatial resampling / padding
 @rule("Resize", "Upsample")
 def resize(node, port: Port, graph) -> Effect:
-    """Channels pass through when their scale is 1; a `sizes` entry is rewritten."""
+    """Channels pass through when their scale is 1; a `sizes` entry is rewritten, or read at run time off the input's own shape (F.interpolate to another tensor's size)."""
     if port.index > 0:
         return frozen(f"{node.op_type} '{node.name}' parameter input")
     scales = attr(node, "scales")
@@ -642,7 +642,40 @@ def resize(node, port: Port, graph) -> Effect:
             set_constant(graph, node, 3, value)
         effect.fixups[f"sizes:{node.name}"] = fix
         return effect
+    if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] and \
+            _reads_own_dim(graph, node.input[3], port.axis, node.input[0]):
+        return effect  # F.interpolate(x, size=...): the channel count is read off x itself
     return frozen(f"{node.op_type} '{node.name}' has scales computed at run time")
+
+
+def _reads_own_dim(graph, vector: str, position: int, tensor: str) -> bool:
+    """Whether entry `position` of the 1-D `vector` (a Concat of pieces) is dim `position` of
+    `tensor` read at run time (Slice or Gather of Shape(tensor)): it then follows whatever the
+    pruning does to that dim."""
+    concat = graph.producer(vector)
+    found = None if concat is None or concat.op_type != "Concat" else \
+        _concat_piece(graph, concat, position)
+    if found is None:
+        return False
+    piece, within = found
+    pick = graph.producer(concat.input[piece])
+    while pick is not None and pick.op_type in ("Cast", "Unsqueeze", "Identity"):
+        pick = graph.producer(pick.input[0])
+    if pick is None or pick.op_type not in ("Slice", "Gather"):
+        return False
+    if pick.op_type == "Gather":
+        index = graph.const(pick.input[1])
+        dim = int(index.reshape(-1)[0]) if index is not None and index.size == 1 else None
+    else:
+        params = [graph.const(n) if n else None for n in list(pick.input[1:]) + [""] * 4][:4]
+        starts, _, axes, steps = params
+        plain = (axes is None or axes.reshape(-1).tolist() == [0]) and \
+            (steps is None or steps.reshape(-1).tolist() == [1])
+        dim = int(starts.reshape(-1)[0]) + within if starts is not None and plain and \
+            int(starts.reshape(-1)[0]) >= 0 else None
+    shape = graph.producer(pick.input[0])
+    return dim == position and shape is not None and shape.op_type == "Shape" and \
+        shape.input[0] == tensor and not any(a.name in ("start", "end") for a in shape.attribute)
 
 
 @rule("Pad")

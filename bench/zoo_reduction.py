@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
 from graphprune.policy import Rounding, parse_round_to  # noqa: E402
-from models import hf_architectures, timm_models  # noqa: E402
+from models import hf_architectures, timm_models, torchvision_tasks  # noqa: E402
 from models import torch_attention  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
@@ -41,6 +41,9 @@ def _cases(scratch: Path):
         for exporter in zoo.EXPORTERS:
             yield (f"torch/{name} ({exporter})", lambda n=name, e=exporter:
                    torch_attention.export(n, e, scratch / f"{n}.{e}.onnx"))
+    for name in torchvision_tasks.TASK_MODELS:  # segmentation and video
+        yield (f"{name} (legacy)", lambda n=name:
+               torchvision_tasks.export(n, scratch / f"task.{n}.onnx"))
     for name in timm_models.TIMM_MODELS:
         yield (f"timm/{name} (legacy)", lambda n=name:
                timm_models.export(n, scratch / f"timm.{n}.onnx"))

@@ -13,14 +13,14 @@ are imported lazily.
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
+
+from models.exporting import add_noise, export_checked
 
 VOCAB = 1000
 IMAGE = 64
 MEL_BINS, MEL_FRAMES = 16, 100
-_TOLERANCE = 1e-3  # ONNX Runtime vs torch, relative to the output's largest value
 
 
 def _text(cls_name, cfg_name, model_kwargs=None, **cfg):
@@ -150,9 +150,7 @@ def build(name: str):
     model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg),
                                             **model_kwargs)
     model = getattr(model, part) if part else model
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            p.add_(torch.randn(p.shape) * 0.02)
+    add_noise(model)
     return model.eval()
 
 
@@ -192,32 +190,10 @@ def _wrapped(model, kind: str):
 def export(name: str, exporter: str, dest) -> str:
     """Export `name` with the "legacy" or "dynamo" exporter into `dest` and check it against
     torch on inputs of another batch and length than the export's; returns the path."""
-    import torch
-
-    from graphprune.verify import run
-
     _check_name(name)
     kind = ARCHITECTURES[name][0]
-    module = _wrapped(build(name), kind)
-    names = list(_INPUTS[kind])
     axes = {0: "batch", 1: "seq"} if kind in ("text", "audio") else {0: "batch"}
-    io = {"input_names": names, "output_names": ["output"],
-          "dynamic_axes": {n: dict(axes) for n in (*names, "output")}}
-    example = tuple(torch.from_numpy(v) for v in feeds(name, 2, 12, np.random.default_rng(0))
-                    .values())
-    check = feeds(name, 3, 16, np.random.default_rng(5))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation chatter
-        if exporter == "legacy":
-            torch.onnx.export(module, example, str(dest), dynamo=False, opset_version=17, **io)
-        elif exporter == "dynamo":
-            torch.onnx.export(module, example, dynamo=True, verbose=False, **io).save(str(dest))
-        else:
-            raise ValueError(f"unknown exporter {exporter!r}; choose legacy or dynamo")
-        want = module(*(torch.from_numpy(v) for v in check.values())).numpy()
-    (got,) = run(str(dest), check)
-    error = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6))
-    if got.shape != want.shape or error > _TOLERANCE:
-        raise RuntimeError(f"{name} exported by the {exporter} exporter differs from torch "
-                           f"(shape {got.shape} vs {want.shape}, relative error {error:.2e})")
-    return str(dest)
+    return export_checked(_wrapped(build(name), kind),
+                          feeds(name, 2, 12, np.random.default_rng(0)),
+                          feeds(name, 3, 16, np.random.default_rng(5)), dest, name, exporter,
+                          {n: dict(axes) for n in (*_INPUTS[kind], "output")})

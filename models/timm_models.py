@@ -8,9 +8,9 @@ inputs. torch and timm are imported lazily.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+
+from models.exporting import add_noise, export_checked
 
 # name -> what it brings
 TIMM_MODELS = {
@@ -58,9 +58,7 @@ def _build(name: str):
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            p.add_(torch.randn(p.shape) * 0.02)
+    add_noise(model)
     return model
 
 
@@ -79,23 +77,6 @@ def feeds(name: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarr
 
 def export(name: str, dest) -> str:
     """Export `name` into `dest` and check it against torch at batch 3; returns the path."""
-    import torch
-
-    from graphprune.verify import run
-
     _check_name(name)
-    model = _build(name)
-    example = torch.from_numpy(feeds(name, 2, np.random.default_rng(0))["input"])
-    check = feeds(name, 3, np.random.default_rng(5))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation chatter
-        torch.onnx.export(model, (example,), str(dest), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        want = model(torch.from_numpy(check["input"])).numpy()
-    (got,) = run(str(dest), check)
-    error = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6))
-    if got.shape != want.shape or error > 1e-3:
-        raise RuntimeError(f"timm {name} exported differs from torch (shape {got.shape} vs "
-                           f"{want.shape}, relative error {error:.2e})")
-    return str(dest)
+    return export_checked(_build(name), feeds(name, 2, np.random.default_rng(0)),
+                          feeds(name, 3, np.random.default_rng(5)), dest, f"timm {name}")

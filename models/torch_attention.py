@@ -19,9 +19,10 @@ lazily. torchvision's ViT, Swin and MaxViT live in models/zoo.py
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import numpy as np
+
+from models.exporting import export_checked
 
 HIDDEN, HEADS, SEQ, MEMORY_SEQ = 64, 8, 7, 9
 
@@ -111,7 +112,8 @@ def mha_fast_path_off():
 
 
 def export(name: str, exporter: str, dest) -> str:
-    """Export `name` with the "legacy" or "dynamo" exporter into `dest`; returns the path."""
+    """Export `name` with the "legacy" or "dynamo" exporter into `dest` and check it against
+    torch at batch 3; returns the path."""
     import torch
 
     _check_name(name)
@@ -120,17 +122,8 @@ def export(name: str, exporter: str, dest) -> str:
     for p in model.parameters():  # the encoder's layers are clones: make them differ
         torch.nn.init.normal_(p, std=0.1)
     inputs, batch_axis = TORCH_ATTENTION_MODELS[name]
-    example = tuple(torch.from_numpy(x) for x in
-                    feeds(name, 2, np.random.default_rng(0)).values())
-    io = {"input_names": list(inputs), "output_names": ["output"],
-          "dynamic_axes": {i: {batch_axis: "batch"} for i in (*inputs, "output")}}
-    with torch.no_grad(), mha_fast_path_off(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy: deprecated, still used
-        warnings.filterwarnings("ignore", "# 'dynamic_axes' is not recommended")
-        if exporter == "legacy":
-            torch.onnx.export(model, example, str(dest), dynamo=False, opset_version=17, **io)
-        elif exporter == "dynamo":
-            torch.onnx.export(model, example, dynamo=True, verbose=False, **io).save(str(dest))
-        else:
-            raise ValueError(f"unknown exporter {exporter!r}; choose legacy or dynamo")
-    return str(dest)
+    with mha_fast_path_off():
+        return export_checked(model, feeds(name, 2, np.random.default_rng(0)),
+                              feeds(name, 3, np.random.default_rng(5)), dest,
+                              f"torch attention {name}", exporter,
+                              {i: {batch_axis: "batch"} for i in (*inputs, "output")})

@@ -1,9 +1,11 @@
 """The mask oracle (DESIGN.md invariant 2), shared by the tests that compare against it."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from graphprune.api import ModelLike, analyze_model
+from graphprune.verify import run
 from graphprune.policy import Plan
 from graphprune.surgery import apply_plan
 
@@ -14,3 +16,13 @@ def masked_reference(model: ModelLike, plan: Plan) -> onnx.ModelProto:
     graph, analysis = analyze_model(model)
     apply_plan(graph, analysis, plan, mode="mask")
     return graph.to_model()
+
+
+def assert_equals_oracle(model: ModelLike, result, feeds_list, tolerance: float = 1e-4) -> None:
+    """The pruned model (`result` of prune) equals the mask oracle on every feed, within
+    `tolerance` of the reference output's largest value."""
+    reference = masked_reference(model, result.plan)
+    for feeds in feeds_list:
+        (want,), (have,) = run(reference, feeds), run(result.model, feeds)
+        assert want.shape == have.shape
+        assert float(np.abs(want - have).max()) <= tolerance * float(np.abs(want).max())

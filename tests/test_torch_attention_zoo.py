@@ -12,9 +12,8 @@ import pytest
 
 from graphprune import prune
 from graphprune.api import analyze_model
-from graphprune.verify import run
 from models import torch_attention, zoo
-from oracle_testlib import masked_reference
+from oracle_testlib import assert_equals_oracle
 
 pytestmark = pytest.mark.zoo
 torch = pytest.importorskip("torch")
@@ -28,12 +27,8 @@ def _check(path: str, inputs: list, floor: float):
     heads = [g for g in analysis.prunable if "heads" in g.tags and g.key in pruned]
     assert heads, result.report.summary()
     assert 1 - result.report.param_ratio >= floor, result.report.summary()
-    reference = masked_reference(path, result.plan)
-    for x in inputs:
-        feeds = x if isinstance(x, dict) else {"input": x}
-        (want,), (have,) = run(reference, feeds), run(result.model, feeds)
-        assert want.shape == have.shape
-        assert float(np.abs(want - have).max()) <= 1e-4 * float(np.abs(want).max())
+    assert_equals_oracle(path, result, [x if isinstance(x, dict) else {"input": x}
+                                        for x in inputs])
     return heads
 
 

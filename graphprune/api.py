@@ -103,7 +103,11 @@ class Report:
 
             done = summarize([Compensated(**c) for c in self.compensated])
             lines.append(f"compensation ({self.compensation}): {done}")
-        if self.fidelity is not None:
+        if self.fidelity is not None and self.fidelity.elements == 0:
+            lines.append("output vs original: not compared: every output was empty on the "
+                         "random inputs (a detector finds nothing in noise); check the pruned "
+                         "model on real inputs")
+        elif self.fidelity is not None:
             f = self.fidelity
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
             lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "

@@ -164,7 +164,10 @@ def _cards(r: dict, groups: list) -> str:
     cards.append(_card("Channel groups", f"{pruned} of {found} pruned",
                        escape(f"{frozen} frozen, {skipped} excluded")))
     fid = r.get("fidelity")
-    if isinstance(fid, dict) and fid:
+    if isinstance(fid, dict) and fid.get("elements") == 0:
+        cards.append(_card("Output vs original", "not compared", escape(
+            "every output was empty on the random inputs: check on real inputs"), "warn"))
+    elif isinstance(fid, dict) and fid:
         rel = _num(fid.get("relative_error"))
         cls = "" if rel is None else "good" if rel < 0.05 else "warn" if rel < 0.3 else "bad"
         sub = (f"cosine {fid.get('cosine', 0):.4f}, max abs diff "

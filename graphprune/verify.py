@@ -19,6 +19,8 @@ class Fidelity:
     relative_error: float  # max_abs_error / max |a|: comparable across models
     cosine: float  # cosine similarity of the flattened outputs (worst output)
     top1_agreement: float | None  # for classifier-like outputs [N, classes]
+    elements: int = 0  # output elements compared: 0 when every output was empty (a detector
+    # that finds nothing in noise), which makes the figures above say nothing
 
 
 def session(model: onnx.ModelProto | bytes | str, threads: int = 1,
@@ -121,15 +123,16 @@ def run(model, feeds) -> list[np.ndarray]:
 
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Fidelity:
-    max_abs, scale, cos, top1 = 0.0, 0.0, 1.0, None
+    max_abs, scale, cos, top1, elements = 0.0, 0.0, 1.0, None, 0
     for a, b in zip(reference, candidate):
         a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
         if a64.size == 0:
             continue
+        elements += a64.size
         max_abs = max(max_abs, float(np.max(np.abs(a64 - b64))))
         scale = max(scale, float(np.max(np.abs(a64))))
         denom = np.linalg.norm(a64) * np.linalg.norm(b64)
         cos = min(cos, float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64)))
         if a.ndim == 2 and a.shape[1] > 1 and top1 is None:
             top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
-    return Fidelity(max_abs, max_abs / scale if scale > 0 else max_abs, cos, top1)
+    return Fidelity(max_abs, max_abs / scale if scale > 0 else max_abs, cos, top1, elements)

@@ -142,3 +142,29 @@ def test_summary_names_the_clean_up_passes_that_changed_the_graph():
     assert "fold_batchnorm" in result.report.passes
     line = next(x for x in result.report.summary().splitlines() if x.startswith("clean-up: "))
     assert line.split(": ", 1)[1].split(", ") == result.report.passes
+
+
+def test_empty_outputs_are_reported_as_not_compared():
+    """A detector finds nothing in random noise: its outputs are empty, and "max abs diff 0,
+    cosine 1" would claim a check that never happened."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array(1e6, np.float32), "threshold")]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "W2"], ["scores"]),
+             helper.make_node("Greater", ["scores", "threshold"], ["hit"]),
+             helper.make_node("NonZero", ["hit"], ["where"]),
+             helper.make_node("Transpose", ["where"], ["detections"], perm=[1, 0])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "detector",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("detections", onnx.TensorProto.INT64, ["k", 4])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    report = prune(model, ratio=0.5, round_to=1).report
+    assert report.groups_pruned == 1 and report.fidelity.elements == 0
+    assert "not compared: every output was empty" in report.summary()
+    assert "cosine" not in report.summary()

@@ -168,3 +168,11 @@ def test_headless_chromium_renders_the_page(attention, resnet, tmp_path):
     assert _pixels_near(img, AFTER) > 1000
     # text in the header band (dark pixels on the light background)
     assert np.sum(img[:80].max(axis=-1) < 80) > 200
+
+
+def test_empty_outputs_show_as_not_compared(resnet):
+    from dataclasses import replace
+
+    report = replace(resnet.report, fidelity=replace(resnet.report.fidelity, elements=0))
+    html = render(report, resnet.plan)
+    assert "not compared" in html and "rel. error" not in html

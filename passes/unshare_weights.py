@@ -1,9 +1,12 @@
-"""UnshareWeights: give every user of a small shared weight its own copy.
+"""UnshareWeights: give every user of a deduplicated constant its own copy.
 
-Exporters deduplicate equal constants: every zero bias of a given size becomes one tensor read
-by many layers. Sharing a weight couples the channels of all its users, so left alone it would
-glue unrelated layers into one pruning group. Small weights are copied (cheap); large shared
-weights are real weight tying and stay shared, so the analysis keeps them coupled.
+Exporters deduplicate equal constants: every zero bias (or unit norm scale) of a given size
+becomes one tensor read by many layers. Sharing a weight couples the channels of all its users,
+so left alone it would glue unrelated layers into one pruning group. Such constants hold one
+value everywhere and are copied when small (cheap). A weight with distinct values read by
+several nodes is real weight tying (ALBERT shares one layer's weights across all its layers)
+and stays shared, so the analysis keeps its users coupled and the parameter count does not
+grow.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class UnshareWeights:
             for i, name in enumerate(node.input):
                 w = graph.weights.get(name)
                 if w is None or not np.issubdtype(w.dtype, np.floating) or w.ndim == 0 or \
-                        w.size > _MAX_COPY_ELEMENTS:
+                        w.size > _MAX_COPY_ELEMENTS or not _uniform(w):
                     continue
                 if name in seen:  # every later use gets a copy of its own
                     copy = graph.unique_name(f"{name}_{node.name or node.op_type}")
@@ -38,3 +41,9 @@ class UnshareWeights:
         if changed:
             graph.reindex()
         return changed
+
+
+def _uniform(w: np.ndarray) -> bool:
+    """One value everywhere (an empty tensor has none and couples nothing: left alone)."""
+    flat = w.reshape(-1)
+    return flat.size > 0 and bool(np.all(flat == flat[0]))

@@ -18,10 +18,8 @@ pytest.importorskip("transformers")
 # Heads stay: SqueezeBERT's and ConvBERT's attention runs through Conv1d / span convolutions,
 # ConvNeXt and PoolFormer have none.
 NO_HEADS = {"squeezebert", "convbert", "convnext", "poolformer"}
-# Parameters removed at least (default 0.20). ALBERT shares one layer's weights across layers;
-# at this tiny size unshare_weights copies them (they are under its size limit), so its count
-# grows: only the pruning itself is checked there.
-FLOORS = {"opt": 0.15, "squeezebert": 0.04, "convbert": 0.08, "albert": None}
+# Parameters removed at least (default 0.20).
+FLOORS = {"opt": 0.15, "squeezebert": 0.04, "convbert": 0.08}
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
@@ -32,9 +30,7 @@ def test_architecture_prunes_to_the_mask_oracle(tmp_path, name, exporter):
     onnx.checker.check_model(result.model, full_check=True)
     report = result.report
     assert report.groups_pruned > 0, report.summary()
-    floor = FLOORS.get(name, 0.20)
-    if floor is not None:
-        assert 1 - report.param_ratio >= floor, report.summary()
+    assert 1 - report.param_ratio >= FLOORS.get(name, 0.20), report.summary()
     _, analysis = analyze_model(path)
     planned = {g.key for g in result.plan.groups}
     heads = [g for g in analysis.prunable if "heads" in g.tags and g.key in planned]

@@ -40,3 +40,24 @@ def test_large_shared_weight_stays_shared():
     model = make_model(nodes, [x], [vi("y", [1, 300])], [init("w", rand(300, 300))])
     graph = Graph.from_model(model)
     assert UnshareWeights().run(graph) is False
+
+
+def test_small_tied_weight_with_distinct_values_stays_shared():
+    """ALBERT-style tying: one layer's weights read by every layer. Copying them would make
+    the pruned model larger than the original; they stay shared and couple their users."""
+    x = vi("x", [1, 16])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="m1"),
+             helper.make_node("Relu", ["h"], ["r"], name="r1"),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="m2")]
+    model = make_model(nodes, [x], [vi("y", [1, 16])], [init("w", rand(16, 16))])
+    graph = Graph.from_model(model)
+    assert UnshareWeights().run(graph) is False
+
+
+def test_shared_empty_weight_is_left_alone():
+    nodes = [helper.make_node("Concat", ["x", "e"], ["h"], axis=1, name="c1"),
+             helper.make_node("Concat", ["h", "e"], ["y"], axis=1, name="c2")]
+    model = make_model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])],
+                       [init("e", np.zeros((1, 0), np.float32))])
+    graph = Graph.from_model(model)
+    assert UnshareWeights().run(graph) is False

@@ -13,6 +13,16 @@ def pool(node, port: Port, graph) -> Effect:
     return identity_everywhere(node, port, graph)
 
 
+@rule("RoiAlign", "MaxRoiPool")
+def roi_pool(node, port: Port, graph) -> Effect:
+    """Pools regions of interest of a feature map (detectors' box heads): channels pass through; output rows are regions, not images, so the other axes freeze."""
+    if port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' region input")
+    if port.axis != 1:
+        return frozen(f"{node.op_type} '{node.name}' pools over axis {port.axis}")
+    return identity_everywhere(node, port, graph)
+
+
 def _reduced_axes(node, graph, rank):
     axes = axes_operand(node, graph, rank)
     if axes == [] and not attr(node, "noop_with_empty_axes", 0):

@@ -18,11 +18,16 @@ def masked_reference(model: ModelLike, plan: Plan) -> onnx.ModelProto:
     return graph.to_model()
 
 
-def assert_equals_oracle(model: ModelLike, result, feeds_list, tolerance: float = 1e-4) -> None:
+def assert_equals_oracle(model: ModelLike, result, feeds_list,
+                         tolerance: float = 1e-4) -> list[np.ndarray]:
     """The pruned model (`result` of prune) equals the mask oracle on every feed, within
-    `tolerance` of the reference output's largest value."""
+    `tolerance` of the reference output's largest value. Returns the pruned model's outputs
+    (one single-output run per feed) for the caller's own checks."""
     reference = masked_reference(model, result.plan)
+    outputs = []
     for feeds in feeds_list:
         (want,), (have,) = run(reference, feeds), run(result.model, feeds)
         assert want.shape == have.shape
         assert float(np.abs(want - have).max()) <= tolerance * float(np.abs(want).max())
+        outputs.append(have)
+    return outputs

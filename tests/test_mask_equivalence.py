@@ -1,8 +1,8 @@
 """Invariant 2: the pruned model equals the original with the removed channels zeroed.
 
 The oracle masks the *original* (canonical) graph: every weight entry that makes or reads a
-removed channel is set to zero. If analysis missed a coupling, surgery mis-sliced a weight or a fix-up
-left a stale shape constant, the pruned model fails to run or its outputs differ.
+removed channel is set to zero. If analysis missed a coupling, surgery mis-sliced a weight or a
+fix-up left a stale shape constant, the pruned model fails to run or its outputs differ.
 """
 import numpy as np
 import pytest

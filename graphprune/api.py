@@ -53,6 +53,7 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
     params_before: int = 0
+    params_cleaned: int = 0  # after the clean-up passes, before any channel is removed
     params_after: int = 0
     macs_before: int = 0
     macs_after: int = 0
@@ -72,6 +73,13 @@ class Report:
         return self.params_after / self.params_before if self.params_before else 1.0
 
     @property
+    def pruning_param_ratio(self) -> float:
+        """params_after over the cleaned-up count: what pruning alone did. Clean-up can take a
+        large share (an exporter's duplicate weights, folded BatchNorms), and a figure that
+        counted it would overstate what pruning removed."""
+        return self.params_after / self.params_cleaned if self.params_cleaned else self.param_ratio
+
+    @property
     def mac_ratio(self) -> float:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
@@ -80,6 +88,7 @@ class Report:
         if self.sparsity is not None:
             data["sparsity"] = self.sparsity.to_dict()
         data["param_ratio"], data["mac_ratio"] = self.param_ratio, self.mac_ratio
+        data["pruning_param_ratio"] = self.pruning_param_ratio
         return data
 
     def summary(self) -> str:
@@ -88,7 +97,7 @@ class Report:
             f"groups: {self.groups_found} found, {self.groups_pruned} pruned, "
             f"{len(self.frozen)} frozen, {len(self.skipped)} excluded" if channels else "",
             f"params: {self.params_before:,} -> {self.params_after:,} "
-            f"(x{self.param_ratio:.3f})",
+            f"(x{self.param_ratio:.3f}{self._cleanup_share()})",
             f"MACs:   {self.macs_before:,} -> {self.macs_after:,} (x{self.mac_ratio:.3f})",
             f"clean-up: {', '.join(self.passes)}" if self.passes else "",
         ]
@@ -127,6 +136,14 @@ class Report:
         if len(kinds) > 8:
             lines.append(f"  ... and {len(kinds) - 8} more kinds of reason (see --report)")
         return "\n".join(line for line in lines if line)
+
+    def _cleanup_share(self) -> str:
+        """How the parameter change splits between clean-up and pruning, where clean-up
+        changed the count at all."""
+        if not self.params_cleaned or self.params_cleaned == self.params_before:
+            return ""
+        return (f"; clean-up alone -> {self.params_cleaned:,}, then pruning "
+                f"x{self.pruning_param_ratio:.3f}")
 
 
 class PruneResult:
@@ -247,6 +264,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     say("canonicalizing")
     report.passes = canonicalize(graph)
+    report.params_cleaned = count_params(graph)
     report.macs_before = count_macs(graph)  # canonical shapes are complete; MACs unchanged
     clock.lap(report, "canonicalize")
 
@@ -362,7 +380,7 @@ def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, refe
                    config: SparsifyConfig, source: str, clock: "_Clock",
                    say: Progress, calib=None) -> PruneResult:
     """The pipeline without channel pruning: canonical graph -> sparsity pass -> verify."""
-    report.params_after, report.macs_after = report.params_before, report.macs_before
+    report.params_after, report.macs_after = report.params_cleaned, report.macs_before
     _check_interface(interface, graph.to_model(embed_limit=-1),
                      loaded_weights | graph.weights.keys(), source)
     _sparsify(graph, report, config, clock, say, calib)

@@ -283,7 +283,8 @@ def _pruning_summary(result) -> dict:
     return {"criterion": r.criterion, "ratio": result.plan.ratio,
             "round_to": result.plan.round_to, "groups_found": r.groups_found,
             "groups_pruned": r.groups_pruned, "groups_frozen": len(r.frozen),
-            "params_before": r.params_before, "params_after": r.params_after,
+            "params_before": r.params_before, "params_cleaned": r.params_cleaned,
+            "params_after": r.params_after,
             "macs_before": r.macs_before, "macs_after": r.macs_after,
             "fidelity_vs_original": fid, "plan": "plan.json",
             "sparsity": None if r.sparsity is None else {
@@ -1089,7 +1090,9 @@ def _readme(m: dict) -> str:
     if m["pruning"]:
         p = m["pruning"]
         lines += section("Pruning")
-        lines += [f"  params: {p['params_before']:,} -> {p['params_after']:,}",
+        cleaned = p.get("params_cleaned") or p["params_before"]
+        lines += [f"  params: {p['params_before']:,} -> {p['params_after']:,}" + (
+                      f" (clean-up alone -> {cleaned:,})" if cleaned != p["params_before"] else ""),
                   f"  MACs:   {p['macs_before']:,} -> {p['macs_after']:,}",
                   f"  criterion {p['criterion']}, ratio {p['ratio']}, round-to "
                   f"{p['round_to']}; {p['groups_pruned']} of {p['groups_found']} groups "

@@ -158,6 +158,9 @@ def _cards(r: dict, groups: list) -> str:
         sub = f"{_fmt_int(before)} → {_fmt_int(after)}"
         if ratio is not None:
             sub += f" ({(1 - ratio) * 100:.1f}% fewer)"
+        cleaned = r.get(f"{key}_cleaned")
+        if cleaned and cleaned != before and ratio is not None:
+            sub += f"; clean-up alone → {_fmt_int(cleaned)}"
         cards.append(_card(label, big, escape(sub)))
     found, pruned = r.get("groups_found", 0), r.get("groups_pruned", len(groups))
     frozen, skipped = len(r.get("frozen") or []), len(r.get("skipped") or {})

@@ -168,3 +168,23 @@ def test_empty_outputs_are_reported_as_not_compared():
     assert report.groups_pruned == 1 and report.fidelity.elements == 0
     assert "not compared: every output was empty" in report.summary()
     assert "cosine" not in report.summary()
+
+
+def test_report_separates_clean_up_from_pruning():
+    # Conv (no bias) -> BatchNormalization folds into Conv with a bias: 4 C parameters become C
+    model = BLOCKS["resnet_basic"](0)
+    weights = {t.name: t for t in model.graph.initializer}
+    bn_channels = sum(weights[n.input[1]].dims[0] for n in model.graph.node
+                      if n.op_type == "BatchNormalization")
+    report = prune(model, ratio=0.4, verify=False).report
+    assert report.params_cleaned == report.params_before - 3 * bn_channels
+    assert report.pruning_param_ratio == report.params_after / report.params_cleaned
+    assert report.pruning_param_ratio > report.param_ratio
+    assert f"clean-up alone -> {report.params_cleaned:,}" in report.summary()
+    assert report.to_dict()["pruning_param_ratio"] == report.pruning_param_ratio
+
+    # a model already cleaned up: the summary has nothing to split
+    again = prune(prune(model, ratio=0.4, verify=False).model, ratio=0.4, verify=False).report
+    assert again.params_cleaned == again.params_before
+    assert again.pruning_param_ratio == again.param_ratio
+    assert "clean-up alone" not in again.summary()

@@ -156,7 +156,8 @@ def test_manifest_describes_the_folder(exported, name):
         assert [o["name"] for o in m["outputs"]] == [o.name for o in sess.get_outputs()]
         assert [i["shape"] for i in m["inputs"]] == [i.shape for i in sess.get_inputs()]
         assert all(i["dtype"] == "float32" for i in m["inputs"] + m["outputs"])
-        assert m["pruning"]["params_after"] < m["pruning"]["params_before"]
+        assert m["pruning"]["params_after"] < m["pruning"]["params_cleaned"] <= \
+            m["pruning"]["params_before"]
         assert (folder / "plan.json").is_file()
         readme = (folder / "README.txt").read_text()
         assert m["load"]["python"].splitlines()[4] in readme

@@ -30,7 +30,7 @@ def test_architecture_prunes_to_the_mask_oracle(tmp_path, name, exporter):
     onnx.checker.check_model(result.model, full_check=True)
     report = result.report
     assert report.groups_pruned > 0, report.summary()
-    assert 1 - report.param_ratio >= FLOORS.get(name, 0.20), report.summary()
+    assert 1 - report.pruning_param_ratio >= FLOORS.get(name, 0.20), report.summary()
     _, analysis = analyze_model(path)
     planned = {g.key for g in result.plan.groups}
     heads = [g for g in analysis.prunable if "heads" in g.tags and g.key in planned]

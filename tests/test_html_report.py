@@ -48,6 +48,8 @@ def test_page_shows_summary_groups_frozen_and_plan(resnet):
     r, plan = resnet.report, resnet.plan
     html = render(r, plan)
     assert f"{r.params_before:,} → {r.params_after:,}" in html
+    assert r.params_cleaned < r.params_before  # its BatchNorms fold
+    assert f"clean-up alone → {r.params_cleaned:,}" in html
     assert f"{r.macs_before:,} → {r.macs_after:,}" in html
     assert f"rel. error {r.fidelity.relative_error:.3g}" in html
     assert f"{r.groups_pruned} of {r.groups_found} pruned" in html

@@ -27,7 +27,7 @@ def test_timm_model_prunes_to_the_mask_oracle(tmp_path, name):
     result = prune(path, ratio=0.4, head_ratio=0.4)
     onnx.checker.check_model(result.model, full_check=True)
     report = result.report
-    assert 1 - report.param_ratio >= FLOORS.get(name, 0.25), report.summary()
+    assert 1 - report.pruning_param_ratio >= FLOORS.get(name, 0.25), report.summary()
     _, analysis = analyze_model(path)
     planned = {g.key for g in result.plan.groups}
     heads = [g for g in analysis.prunable if "heads" in g.tags and g.key in planned]

@@ -26,7 +26,7 @@ def _check(path: str, inputs: list, floor: float):
     pruned = {g.key for g in result.plan.groups}
     heads = [g for g in analysis.prunable if "heads" in g.tags and g.key in pruned]
     assert heads, result.report.summary()
-    assert 1 - result.report.param_ratio >= floor, result.report.summary()
+    assert 1 - result.report.pruning_param_ratio >= floor, result.report.summary()
     assert_equals_oracle(path, result, [x if isinstance(x, dict) else {"input": x}
                                         for x in inputs])
     return heads

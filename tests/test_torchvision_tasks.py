@@ -19,7 +19,7 @@ def test_task_model_prunes_to_the_mask_oracle(tmp_path, name):
     path = torchvision_tasks.export(name, tmp_path / f"{name}.onnx")
     result = prune(path, ratio=0.4)
     onnx.checker.check_model(result.model, full_check=True)
-    assert 1 - result.report.param_ratio >= 0.40, result.report.summary()
+    assert 1 - result.report.pruning_param_ratio >= 0.40, result.report.summary()
     assert_equals_oracle(path, result, [torchvision_tasks.feeds(name, batch,
                                                                 np.random.default_rng(batch))
                                         for batch in (1, 2)])

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
 from graphprune.policy import Rounding, parse_round_to  # noqa: E402
-from models import hf_architectures, timm_models, torchvision_tasks  # noqa: E402
+from models import hf_architectures, timm_models, torchvision_detection  # noqa: E402
+from models import torchvision_tasks  # noqa: E402
 from models import torch_attention  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
@@ -48,6 +49,9 @@ def _cases(scratch: Path):
     for name in torchvision_tasks.TASK_MODELS:  # segmentation and video
         yield (f"{name} (legacy)", lambda n=name:
                torchvision_tasks.export(n, scratch / f"task.{n}.onnx"))
+    for name in torchvision_detection.DETECTION_MODELS:  # Faster R-CNN, whole
+        yield (f"{name} (legacy)", lambda n=name:
+               torchvision_detection.export(n, scratch / f"det.{n}.onnx"))
     for name in timm_models.TIMM_MODELS:
         yield (f"timm/{name} (legacy)", lambda n=name:
                timm_models.export(n, scratch / f"timm.{n}.onnx"))

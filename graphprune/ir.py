@@ -194,6 +194,7 @@ class Graph:
             except Exception:  # partial information is still useful
                 inferred = onnx.shape_inference.infer_shapes(model)
             self._read_shapes(inferred)
+            self._shapes_tied_by_spec()
             new_hints = self._shape_preserving_gaps()
             if not new_hints and stand_ins:  # again while it finds more: a probed Reshape
                 new_hints = self._probed_hints(stand_ins)  # can give the next its data shape
@@ -232,6 +233,24 @@ class Graph:
                          for d in t.shape.dim)
             self.shapes[vi.name] = dims
             self.dtypes[vi.name] = t.elem_type
+
+    def _shapes_tied_by_spec(self) -> None:
+        """Operands whose shapes the op's spec makes equal, where onnx's inference leaves one
+        unknown: ScatterElements' indices and updates, GatherElements' indices and output
+        (a detector builds its indices with an Expand to a shape computed at run time)."""
+        for node in self.nodes:
+            if node.op_type == "ScatterElements" and len(node.input) > 2:
+                pair = (node.input[1], node.input[2])
+            elif node.op_type == "GatherElements" and len(node.input) > 1 and node.output:
+                pair = (node.input[1], node.output[0])
+            else:
+                continue
+            a, b = (self.shapes.get(t) for t in pair)
+            if a is None or b is None or len(a) != len(b):
+                continue
+            merged = tuple(x if x is not None else y for x, y in zip(a, b))
+            for t in pair:
+                self.shapes[t] = merged
 
     def _shape_preserving_gaps(self) -> list[onnx.ValueInfoProto]:
         """Shapes onnx cannot infer: ops that keep their input's shape, and ONNX Runtime's

@@ -16,6 +16,10 @@ _MAX_PROBE_WEIGHT_BYTES = 16 * 1024**2
 # Shape arithmetic never needs these; a closure holding one would run the network itself.
 _HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "MultiHeadAttention",
               "GroupQueryAttention", "LSTM", "GRU", "RNN", "Einsum"}
+# Output sizes that depend on the values read (a detector's regions per level): probed with
+# inputs of ones they give one arbitrary size, the same at every stand-in, which would pass
+# for a static dim and be folded into the graph.
+_VALUE_SIZED_OPS = {"NonZero", "Unique", "Compress", "NonMaxSuppression"}
 
 
 def probe(graph, stand_ins: tuple, targets: list[str]) -> dict[str, np.ndarray]:
@@ -130,8 +134,8 @@ def _light_closure(graph, targets: list[str]):
                 dims = list(known)[attrs.get("start", 0):attrs.get("end", len(known))]
                 shape_values[name] = np.array(dims, dtype=np.int64)
                 continue
-            if node.op_type in _HEAVY_OPS:
-                weight_bytes = _MAX_PROBE_WEIGHT_BYTES + 1
+            if node.op_type in _HEAVY_OPS or node.op_type in _VALUE_SIZED_OPS:
+                weight_bytes = _MAX_PROBE_WEIGHT_BYTES + 1  # never probed
                 break
             mine[id(node)] = node
             for name in node.input:

@@ -3,7 +3,8 @@
 Importing this package registers every rule; an op type with no rule freezes the channels it
 touches (the analysis records the reason), so an unknown op can never be pruned by guesswork.
 """
-from . import contrib, conv, elementwise, linear, norms, pooling, recurrent, shape_ops  # noqa: F401
+from . import (contrib, conv, elementwise, indexing, linear, norms, pooling,  # noqa: F401
+               recurrent, shape_ops)
 from ..coupling import RULES
 
 __all__ = ["RULES", "describe_rules"]

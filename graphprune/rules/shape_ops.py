@@ -209,37 +209,80 @@ def _prefix_match(a: list, b: list) -> bool:
 RUNTIME = -2  # a target entry read from tensor shapes at run time: it follows the pruning
 
 
-def _target_entry(graph, node, position: int):
-    """Reshape/Expand target entry `position`: (value, setter) when it is a compile-time
-    constant, also inside a Concat of pieces (legacy exports build [batch, C, H, W] from Shape
-    ops); (RUNTIME, None) when it is a scalar read from shapes at run time; (None, None) when
-    it is computed some other way."""
-    owner, index = node, 1
-    while True:  # see through value-preserving wrappers of the target vector
-        target = graph.const(owner.input[index])
-        if target is not None:
-            return int(target.reshape(-1)[position]), _entry_setter(owner, index, position)
+def _entry_origin(graph, node, position: int, index: int = 1):
+    """Where entry `position` of the shape vector `node.input[index]` is made, seen through
+    value-preserving wrappers (casts, a 1-D Reshape, Expand's `Where(x == -1, 1, x)` guard):
+    (owner, input index, position) of the constant or of the Concat piece that holds it, with
+    `is_const`; None when it is computed some other way."""
+    owner = node
+    while True:
+        if graph.const(owner.input[index]) is not None:
+            return owner, index, position, True
         producer = graph.producer(owner.input[index])
         if producer is None:
-            return None, None
+            return None
         if producer.op_type == "Concat":
             break
         if producer.op_type in ("Cast", "Identity") or (
                 producer.op_type == "Reshape" and graph.rank(producer.input[0]) == 1):
             owner, index = producer, 0
-        elif _is_minus_one_guard(graph, producer):  # Where(x == -1, 1, x): Expand's idiom
+        elif _is_minus_one_guard(graph, producer):
             owner, index = producer, 2
         else:
-            return None, None
+            return None
     found = _concat_piece(graph, producer, position)
     if found is None:
-        return None, None
+        return None
     i, within = found
-    piece = producer.input[i]
-    value = graph.const(piece)
-    if value is None:
-        return (RUNTIME, None) if _scalar_from_shape(graph, piece) else (None, None)
-    return int(value[within]), _entry_setter(producer, i, within)
+    return producer, i, within, graph.const(producer.input[i]) is not None
+
+
+def _target_entry(graph, node, position: int, index: int = 1):
+    """Reshape/Expand target entry `position` (ConstantOfShape's shape: index 0): (value,
+    setter) when it is a compile-time constant, also inside a Concat of pieces (legacy exports
+    build [batch, C, H, W] from Shape ops); (RUNTIME, None) when it is a scalar read from shapes
+    at run time; (None, None) when it is computed some other way."""
+    origin = _entry_origin(graph, node, position, index)
+    if origin is None:
+        return None, None
+    owner, i, within, is_const = origin
+    if is_const:
+        value = graph.const(owner.input[i])
+        return int(value.reshape(-1)[within]), _entry_setter(owner, i, within)
+    return (RUNTIME, None) if _scalar_from_shape(graph, owner.input[i]) else (None, None)
+
+
+def _entry_source(graph, node, position: int, index: int = 1):
+    """The space `(x, axis)` whose size entry `position` of a shape vector reads at run time
+    (Gather or Slice of Shape(x), through casts and unsqueezes), or None. Coupling to it keeps
+    the entry right whatever the pruning does to x."""
+    origin = _entry_origin(graph, node, position, index)
+    if origin is None or origin[3]:
+        return None
+    owner, i, within, _ = origin
+    pick = graph.producer(owner.input[i])
+    while pick is not None and pick.op_type in ("Cast", "Unsqueeze", "Squeeze", "Identity"):
+        pick = graph.producer(pick.input[0])
+    if pick is None or pick.op_type not in ("Slice", "Gather"):
+        return None
+    if pick.op_type == "Gather":
+        picked = graph.const(pick.input[1])
+        dim = int(picked.reshape(-1)[0]) if picked is not None and picked.size == 1 else None
+    else:
+        params = [graph.const(n) if n else None for n in list(pick.input[1:]) + [""] * 4][:4]
+        starts, _, axes, steps = params
+        plain = (axes is None or axes.reshape(-1).tolist() == [0]) and \
+            (steps is None or steps.reshape(-1).tolist() == [1])
+        dim = int(starts.reshape(-1)[0]) + within if starts is not None and plain and \
+            int(starts.reshape(-1)[0]) >= 0 else None
+    shape = graph.producer(pick.input[0])
+    if dim is None or shape is None or shape.op_type != "Shape":
+        return None
+    start = attr(shape, "start", 0)
+    rank = graph.rank(shape.input[0])
+    if rank is None or start < 0 or attr(shape, "end") is not None:
+        return None
+    return (shape.input[0], dim + start) if dim + start < rank else None
 
 
 def _concat_piece(graph, concat, position: int) -> tuple[int, int] | None:
@@ -643,39 +686,9 @@ def resize(node, port: Port, graph) -> Effect:
         effect.fixups[f"sizes:{node.name}"] = fix
         return effect
     if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] and \
-            _reads_own_dim(graph, node.input[3], port.axis, node.input[0]):
+            _entry_source(graph, node, port.axis, 3) == (node.input[0], port.axis):
         return effect  # F.interpolate(x, size=...): the channel count is read off x itself
     return frozen(f"{node.op_type} '{node.name}' has scales computed at run time")
-
-
-def _reads_own_dim(graph, vector: str, position: int, tensor: str) -> bool:
-    """Whether entry `position` of the 1-D `vector` (a Concat of pieces) is dim `position` of
-    `tensor` read at run time (Slice or Gather of Shape(tensor)): it then follows whatever the
-    pruning does to that dim."""
-    concat = graph.producer(vector)
-    found = None if concat is None or concat.op_type != "Concat" else \
-        _concat_piece(graph, concat, position)
-    if found is None:
-        return False
-    piece, within = found
-    pick = graph.producer(concat.input[piece])
-    while pick is not None and pick.op_type in ("Cast", "Unsqueeze", "Identity"):
-        pick = graph.producer(pick.input[0])
-    if pick is None or pick.op_type not in ("Slice", "Gather"):
-        return False
-    if pick.op_type == "Gather":
-        index = graph.const(pick.input[1])
-        dim = int(index.reshape(-1)[0]) if index is not None and index.size == 1 else None
-    else:
-        params = [graph.const(n) if n else None for n in list(pick.input[1:]) + [""] * 4][:4]
-        starts, _, axes, steps = params
-        plain = (axes is None or axes.reshape(-1).tolist() == [0]) and \
-            (steps is None or steps.reshape(-1).tolist() == [1])
-        dim = int(starts.reshape(-1)[0]) + within if starts is not None and plain and \
-            int(starts.reshape(-1)[0]) >= 0 else None
-    shape = graph.producer(pick.input[0])
-    return dim == position and shape is not None and shape.op_type == "Shape" and \
-        shape.input[0] == tensor and not any(a.name in ("start", "end") for a in shape.attribute)
 
 
 @rule("Pad")
@@ -705,8 +718,8 @@ def expand(node, port: Port, graph) -> Effect:
     """Broadcasting to a target shape: an axis that is not expanded passes through and its
     entry in the target shape is rewritten; an axis the broadcast creates (from size 1, as when
     one key/value head is repeated for every query head) holds copies, any of which can go:
-    its entry is rewritten to the kept count. A target read whole off Shape(t) (expand_as)
-    couples the output to t."""
+    its entry is rewritten to the kept count. A target read whole off Shape(t) (expand_as), or
+    an entry read off one dim of t at run time, couples the output to t."""
     if port.index > 0:
         return frozen(f"Expand '{node.name}' shape input")
     din, dout = _dims(graph, node.input[0]), _dims(graph, node.output[0])
@@ -732,6 +745,10 @@ def expand(node, port: Port, graph) -> Effect:
     position = out_axis - (len(dout) - target[0])
     if position >= 0:
         value, setter = _target_entry(graph, node, position)
+        source = _entry_source(graph, node, position) if value == RUNTIME else None
+        if source is not None:  # read off a dim at run time: stand or fall with it
+            effect.links.append(Link(source))
+            return effect
         if value is None or (copies and setter is None):
             return frozen(f"Expand '{node.name}' target shape is computed at run time")
         if value > 1:
@@ -739,6 +756,23 @@ def expand(node, port: Port, graph) -> Effect:
             effect.fixups[f"expand:{node.name}"] = lambda g, keep: setter(g, len(keep[space]))
     elif copies:  # the input is broadcast against a longer target: nothing to rewrite
         return frozen(f"Expand '{node.name}' broadcasts axis {out_axis} from the input's rank")
+    return effect
+
+
+@rule("ConstantOfShape")
+def constant_of_shape(node, port: Port, graph) -> Effect:
+    """A filled tensor of a given shape (the zeros a detector scatters its regions into): a literal size entry is rewritten, one read off a dim of t at run time couples the axis to t."""
+    if port.side == "in":
+        return frozen(f"ConstantOfShape '{node.name}' shape input")
+    value, setter = _target_entry(graph, node, port.axis, index=0)
+    source = _entry_source(graph, node, port.axis, index=0) if value == RUNTIME else None
+    if source is not None:
+        return Effect(links=[Link(source)])
+    if value is None or setter is None:
+        return frozen(f"ConstantOfShape '{node.name}' shape is computed at run time")
+    space = (node.output[0], port.axis)
+    effect = Effect()
+    effect.fixups[f"constant_of_shape:{node.name}"] = lambda g, keep: setter(g, len(keep[space]))
     return effect
 
 

@@ -309,11 +309,14 @@ def _is_minus_one_guard(graph, node) -> bool:
 
 def _scalar_from_shape(graph, tensor: str) -> bool:
     """A piece that is part of a run-time shape (Unsqueeze(Gather(Shape(x))), Slice(Shape(x)),
-    possibly through casts): it follows whatever pruning did to x."""
+    possibly through casts; products and maxima of such dims, as tf2onnx's Einsum builds its
+    batch x heads entries with ReduceProd and Max): it follows whatever pruning did to x."""
     node = graph.producer(tensor)
     while node is not None and node.op_type in ("Unsqueeze", "Cast", "Squeeze", "Reshape",
-                                                 "Identity"):
+                                                 "Identity", "ReduceProd"):
         node = graph.producer(node.input[0])
+    if node is not None and node.op_type in ("Max", "Min", "Mul"):
+        return all(_scalar_from_shape(graph, i) for i in node.input)
     if node is not None and node.op_type in ("Gather", "Slice"):
         node = graph.producer(node.input[0])
     return node is not None and node.op_type == "Shape"

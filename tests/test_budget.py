@@ -25,7 +25,6 @@ def test_cap_limits_every_group():
 def test_global_ranking_takes_dead_channels_first():
     """Zero 70 % of one layer's channels (filters and readers): a 20 % global budget removes
     them all, while a per-group ratio would take 20 % there too."""
-    import numpy as np
     from onnx import numpy_helper
 
     model = BLOCKS["resnet_bottleneck"](0)

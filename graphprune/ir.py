@@ -24,6 +24,9 @@ _SHAPE_PRESERVING = {"GroupNormalization", "InstanceNormalization", "LayerNormal
                      "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu",
                      "FastGelu", "QuickGelu", "BiasAdd", "GroupQueryAttention",
                      "SimplifiedLayerNormalization"}
+# scikit-learn preprocessing as skl2onnx writes it (ai.onnx.ml has no shape inference for
+# these): a Scaler or Normalizer in front of an MLP left every shape after it unknown.
+_ML_FLOAT_SAME_SHAPE = {"Scaler", "Normalizer"}
 
 
 @dataclass
@@ -264,6 +267,10 @@ class Graph:
             dims = list(self.shapes[src])
             if node.op_type in _SHAPE_PRESERVING:
                 pass
+            elif node.domain == "ai.onnx.ml" and node.op_type in _ML_FLOAT_SAME_SHAPE:
+                hints.append(helper.make_tensor_value_info(  # float whatever the input type
+                    out, onnx.TensorProto.FLOAT, [d if d is not None else "?" for d in dims]))
+                continue
             elif node.op_type == "Attention" and node.domain == "com.microsoft":
                 w = self.weights.get(node.input[1])
                 sizes = [a.ints for a in node.attribute if a.name == "qkv_hidden_sizes"]

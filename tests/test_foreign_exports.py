@@ -140,3 +140,41 @@ def test_dynamic_image_size_keeps_skip_connections_consistent():
     assert dynamic.report.groups_pruned == static.report.groups_pruned >= 2
     assert dynamic.report.params_after == static.report.params_after
     assert dynamic.report.fidelity is not None
+
+
+def _sklearn_mlp() -> onnx.ModelProto:
+    """What skl2onnx writes for make_pipeline(StandardScaler(), MLPClassifier((16, 8))):
+    an ai.onnx.ml Scaler (which onnx's shape inference leaves untyped), then MatMul/Add/Relu
+    layers and a probability head."""
+    rng = np.random.default_rng(2)
+    w = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32),  # noqa: E731
+                                           f"w{len(inits)}")
+    inits, nodes = [], [helper.make_node("Scaler", ["X"], ["scaled"], domain="ai.onnx.ml",
+                                         offset=[0.1] * 6, scale=[2.0] * 6)]
+    x = "scaled"
+    for i, (cin, cout, act) in enumerate(((6, 16, "Relu"), (16, 8, "Relu"), (8, 2, "Softmax"))):
+        inits.append(w(cin, cout))
+        inits.append(w(cout))
+        nodes += [helper.make_node("MatMul", [x, inits[-2].name], [f"mm{i}"]),
+                  helper.make_node("Add", [f"mm{i}", inits[-1].name], [f"add{i}"]),
+                  helper.make_node(act, [f"add{i}"], [f"act{i}"])]
+        x = f"act{i}"
+    graph = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, [None, 6])], [helper.make_tensor_value_info(
+            x, TensorProto.FLOAT, [None, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_sklearn_scaler_in_front_of_an_mlp_keeps_shapes_known():
+    from oracle_testlib import assert_equals_oracle
+
+    model = _sklearn_mlp()
+    result = prune(model, ratio=0.5, round_to=1)
+    weights = {t.name: numpy_helper.to_array(t).shape for t in result.model.graph.initializer}
+    assert weights["w0"] == (6, 8) and weights["w2"] == (8, 4) and weights["w4"] == (4, 2)
+    rng = np.random.default_rng(3)
+    assert_equals_oracle(model, result, [{"X": rng.standard_normal((n, 6)).astype(np.float32)}
+                                         for n in (1, 5)])

@@ -516,12 +516,31 @@ def _top_reason(analysis: Analysis, graph: Graph | None = None) -> str:
     if quantized and not analysis.prunable:
         return quantized
     if not analysis.groups:
-        return "it has no Conv, Gemm or MatMul with constant weights"
+        return _no_groups_reason(graph)
     reasons: dict[str, int] = {}
     for g in analysis.frozen:
         reasons[g.frozen] = reasons.get(g.frozen, 0) + 1
     reason = max(reasons, key=reasons.get)
     return f"most common reason: {reason}"
+
+
+def _no_groups_reason(graph: Graph | None) -> str:
+    """Why no channel group exists: no weighted layer at all, or weighted layers whose shapes
+    ONNX shape inference could not follow (then the first op it lost them at is named)."""
+    weighted = [n for n in (graph.nodes if graph is not None else [])
+                if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1
+                and graph.const(n.input[1]) is not None]
+    unknown = [n for n in weighted if graph.shape(n.output[0]) is None]
+    if not unknown:
+        return "it has no Conv, Gemm or MatMul with constant weights"
+    lost = next((n for n in graph.nodes if n.output and graph.shape(n.output[0]) is None and
+                 all(graph.shape(i) is not None for i in n.input if i)), None)
+    where = f" (they are lost at {lost.op_type} '{lost.name or lost.output[0]}'" + (
+        f", domain {lost.domain}" if lost is not None and lost.domain else "") + ")" \
+        if lost is not None else ""
+    return (f"the output shapes of {len(unknown)} weighted layer(s), e.g. {unknown[0].op_type} "
+            f"'{unknown[0].name or unknown[0].output[0]}', are unknown to ONNX shape "
+            f"inference{where}")
 
 
 class _Clock:

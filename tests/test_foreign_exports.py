@@ -178,3 +178,21 @@ def test_sklearn_scaler_in_front_of_an_mlp_keeps_shapes_known():
     rng = np.random.default_rng(3)
     assert_equals_oracle(model, result, [{"X": rng.standard_normal((n, 6)).astype(np.float32)}
                                          for n in (1, 5)])
+
+
+def test_no_groups_because_shapes_are_lost_names_where():
+    # an op from a domain onnx knows nothing of: every shape after it is unknown, so the
+    # refusal must say that (not "no Conv, Gemm or MatMul")
+    import pytest
+
+    from graphprune import NothingToPruneError
+
+    model = _sklearn_mlp()
+    scaler = model.graph.node[0]
+    scaler.domain, scaler.op_type = "com.example", "Standardize"
+    del scaler.attribute[:]
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(NothingToPruneError) as err:
+        prune(model, ratio=0.5, verify=False)
+    assert "output shapes of 3 weighted layer(s)" in str(err.value)
+    assert "lost at Standardize" in str(err.value) and "com.example" in str(err.value)

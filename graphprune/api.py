@@ -112,15 +112,21 @@ class Report:
 
             done = summarize([Compensated(**c) for c in self.compensated])
             lines.append(f"compensation ({self.compensation}): {done}")
+        resized = "" if self.fidelity is None or not self.fidelity.resized else (
+            f"{self.fidelity.resized} output(s) whose size depends on the data (a detector's "
+            f"count of detections) changed size, so they were not compared")
         if self.fidelity is not None and self.fidelity.elements == 0:
-            lines.append("output vs original: not compared: every output was empty on the "
+            lines.append(f"output vs original: not compared: {resized}; check the pruned model "
+                         f"on real inputs" if resized else
+                         "output vs original: not compared: every output was empty on the "
                          "random inputs (a detector finds nothing in noise); check the pruned "
                          "model on real inputs")
         elif self.fidelity is not None:
             f = self.fidelity
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.2f}"
             lines.append(f"output vs original: max abs diff {f.max_abs_error:.4g} "
-                         f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}")
+                         f"(relative {f.relative_error:.4g}), cosine {f.cosine:.4f}{top1}" +
+                         (f"; {resized}" if resized else ""))
         if self.sparsity is not None:
             lines.append(self.sparsity.summary())
         if self.approximate:
@@ -465,11 +471,34 @@ def _check_candidate(graph: Graph, feeds, expected, source: str) -> Fidelity:
     except Exception as err:
         raise UnsafeResultError(f"{source}: the pruned model does not run in ONNX Runtime "
                                 f"({_first_line(err)}); nothing was written") from None
-    for a, b in zip(expected, got):
-        if a.shape != b.shape:
+    declared = [_declared_dims(o) for o in graph.model.graph.output]
+    for a, b, dims in zip(expected, got, declared):
+        data_sized = dims is not None and len(dims) == a.ndim == b.ndim and all(
+            x == y or not isinstance(d, int) for x, y, d in zip(a.shape, b.shape, dims))
+        if a.shape != b.shape and not data_sized:
             raise UnsafeResultError(f"{source}: pruned output shape {b.shape} differs from "
                                     f"{a.shape}; nothing was written")
-    return compare(expected, got)
+    return compare(expected, got, _classifier_outputs(graph, declared))
+
+
+def _declared_dims(value_info: onnx.ValueInfoProto) -> list | None:
+    """A graph input's or output's declared dims: ints, dim_param names, None where unset."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+            (d.dim_param or None) for d in t.shape.dim]
+
+
+def _classifier_outputs(graph: Graph, declared: list) -> list[bool]:
+    """Outputs shaped [batch, classes], whose top-1 agreement means something: the first
+    dim is declared like the first input's (the same size or the same name). A detector's
+    boxes [detections, 4] are not."""
+    inputs = [v for v in graph.model.graph.input if v.name not in graph.weights]
+    batch = _declared_dims(inputs[0]) if inputs else None
+    first = batch[0] if batch else None
+    return [dims is not None and len(dims) == 2 and first is not None and dims[0] == first
+            for dims in declared]
 
 
 def _first_line(err: BaseException) -> str:

@@ -168,8 +168,10 @@ def _cards(r: dict, groups: list) -> str:
                        escape(f"{frozen} frozen, {skipped} excluded")))
     fid = r.get("fidelity")
     if isinstance(fid, dict) and fid.get("elements") == 0:
+        why = ("the outputs' data-dependent sizes changed" if fid.get("resized") else
+               "every output was empty on the random inputs")
         cards.append(_card("Output vs original", "not compared", escape(
-            "every output was empty on the random inputs: check on real inputs"), "warn"))
+            f"{why}: check on real inputs"), "warn"))
     elif isinstance(fid, dict) and fid:
         rel = _num(fid.get("relative_error"))
         cls = "" if rel is None else "good" if rel < 0.05 else "warn" if rel < 0.3 else "bad"
@@ -177,6 +179,8 @@ def _cards(r: dict, groups: list) -> str:
                f"{fid.get('max_abs_error', 0):.4g}")
         if fid.get("top1_agreement") is not None:
             sub += f", top-1 agreement {fid['top1_agreement']:.2f}"
+        if fid.get("resized"):
+            sub += f"; {fid['resized']} data-sized output(s) changed size, not compared"
         cards.append(_card("Output vs original", f"rel. error {rel:.3g}" if rel is not None
                            else "–", escape(sub), cls))
     else:

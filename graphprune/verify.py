@@ -21,6 +21,8 @@ class Fidelity:
     top1_agreement: float | None  # for classifier-like outputs [N, classes]
     elements: int = 0  # output elements compared: 0 when every output was empty (a detector
     # that finds nothing in noise), which makes the figures above say nothing
+    resized: int = 0  # outputs whose data-dependent size changed (a detector's count of
+    # detections): not compared element by element
 
 
 def session(model: onnx.ModelProto | bytes | str, threads: int = 1,
@@ -122,9 +124,17 @@ def run(model, feeds) -> list[np.ndarray]:
     return session(model).run(None, feeds)
 
 
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Fidelity:
-    max_abs, scale, cos, top1, elements = 0.0, 0.0, 1.0, None, 0
-    for a, b in zip(reference, candidate):
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray],
+            classifier: list[bool] | None = None) -> Fidelity:
+    """How far `candidate` outputs are from `reference`. Outputs of different shapes (sizes
+    that depend on the data, checked by the caller) are counted, not compared. `classifier`
+    marks the outputs whose top-1 agreement means something ([batch, classes]); by default
+    every 2-D output may."""
+    max_abs, scale, cos, top1, elements, resized = 0.0, 0.0, 1.0, None, 0, 0
+    for i, (a, b) in enumerate(zip(reference, candidate)):
+        if a.shape != b.shape:
+            resized += 1
+            continue
         a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
         if a64.size == 0:
             continue
@@ -133,6 +143,8 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Fidelit
         scale = max(scale, float(np.max(np.abs(a64))))
         denom = np.linalg.norm(a64) * np.linalg.norm(b64)
         cos = min(cos, float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64)))
-        if a.ndim == 2 and a.shape[1] > 1 and top1 is None:
+        likely = classifier[i] if classifier is not None and i < len(classifier) else True
+        if likely and a.ndim == 2 and a.shape[1] > 1 and top1 is None:
             top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
-    return Fidelity(max_abs, max_abs / scale if scale > 0 else max_abs, cos, top1, elements)
+    return Fidelity(max_abs, max_abs / scale if scale > 0 else max_abs, cos, top1, elements,
+                    resized)

@@ -144,30 +144,56 @@ def test_summary_names_the_clean_up_passes_that_changed_the_graph():
     assert line.split(": ", 1)[1].split(", ") == result.report.passes
 
 
-def test_empty_outputs_are_reported_as_not_compared():
-    """A detector finds nothing in random noise: its outputs are empty, and "max abs diff 0,
-    cosine 1" would claim a check that never happened."""
+def _thresholded_detector(threshold: float, scores_output: bool = False) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv scores, then the positions above `threshold` as [k, 4] detections:
+    a detector's output whose size depends on the data."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W1"),
              numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "W2"),
-             numpy_helper.from_array(np.array(1e6, np.float32), "threshold")]
+             numpy_helper.from_array(np.array(threshold, np.float32), "threshold")]
     nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r"]),
              helper.make_node("Conv", ["r", "W2"], ["scores"]),
              helper.make_node("Greater", ["scores", "threshold"], ["hit"]),
              helper.make_node("NonZero", ["hit"], ["where"]),
              helper.make_node("Transpose", ["where"], ["detections"], perm=[1, 0])]
-    model = helper.make_model(helper.make_graph(
+    outputs = [helper.make_tensor_value_info("detections", onnx.TensorProto.INT64, ["k", 4])]
+    if scores_output:
+        outputs.append(helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT,
+                                                     [1, 4, 8, 8]))
+    return helper.make_model(helper.make_graph(
         nodes, "detector",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("detections", onnx.TensorProto.INT64, ["k", 4])], inits),
-        opset_imports=[helper.make_opsetid("", 17)])
-    report = prune(model, ratio=0.5, round_to=1).report
+        outputs, inits), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_empty_outputs_are_reported_as_not_compared():
+    """A detector finds nothing in random noise: its outputs are empty, and "max abs diff 0,
+    cosine 1" would claim a check that never happened."""
+    report = prune(_thresholded_detector(1e6), ratio=0.5, round_to=1).report
     assert report.groups_pruned == 1 and report.fidelity.elements == 0
     assert "not compared: every output was empty" in report.summary()
     assert "cosine" not in report.summary()
+
+
+def test_detections_that_change_in_number_are_counted_not_refused():
+    """Pruning changes the scores, so a data-sized output (detections above a threshold) may
+    come out with another count: that is no broken model; it is reported as not compared,
+    and the outputs of fixed size are still compared."""
+    from graphprune.verify import reference_run, run, session
+
+    model = _thresholded_detector(0.0, scores_output=True)
+    result = prune(model, ratio=0.5, round_to=1)
+    feeds, (before, _) = reference_run(session(model))
+    after = run(result.model, feeds)[0]
+    assert before.shape[0] != after.shape[0]  # the case this test is about
+    fidelity = result.report.fidelity
+    assert fidelity.resized == 1 and fidelity.elements == 4 * 8 * 8
+    assert fidelity.top1_agreement is None  # neither output is [batch, classes]
+    summary = result.report.summary()
+    assert "cosine" in summary and "1 output(s) whose size depends on the data" in summary
 
 
 def test_report_separates_clean_up_from_pruning():
@@ -188,3 +214,16 @@ def test_report_separates_clean_up_from_pruning():
     assert again.params_cleaned == again.params_before
     assert again.pruning_param_ratio == again.param_ratio
     assert "clean-up alone" not in again.summary()
+
+
+def test_top1_agreement_only_for_batch_by_classes_outputs():
+    from graphprune.verify import compare
+
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
+    swapped = logits[:, ::-1].copy()
+    assert compare([logits], [swapped]).top1_agreement == 0.5
+    assert compare([logits], [swapped], classifier=[False]).top1_agreement is None
+    # a classifier block: output [1, 10] declared like the input's first dim, so top-1 counts;
+    # the detector's [k, 4] boxes (checked above) do not
+    assert prune(BLOCKS["resnet_basic"](0), ratio=0.4).report.fidelity.top1_agreement \
+        is not None

@@ -25,6 +25,8 @@ def test_detector_prunes_through_the_region_merge(tmp_path, name):
     report = result.report
     assert 1 - report.pruning_param_ratio >= 0.55, report.summary()
     assert not any("ScatterElements" in why for _, why in report.frozen), report.summary()
+    # boxes [detections, 4] are no classifier output: no top-1 agreement over box coordinates
+    assert report.fidelity.elements > 0 and report.fidelity.top1_agreement is None
     before = {t.name: t.dims for t in onnx.load(path, load_external_data=False).graph.initializer}
     after = {t.name: numpy_helper.to_array(t).shape for t in result.model.graph.initializer}
     fc6 = "roi_heads.box_head.fc6.weight"  # reads FPN channels x 7 x 7 pooled cells

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import graphprune  # noqa: E402
 from graphprune.policy import Rounding, parse_round_to  # noqa: E402
 from models import hf_architectures, timm_models, torchvision_detection  # noqa: E402
-from models import torchvision_tasks  # noqa: E402
+from models import keras_exports, torchvision_tasks  # noqa: E402
 from models import torch_attention  # noqa: E402
 from models import transformer_zoo as tz  # noqa: E402
 from models import zoo  # noqa: E402
@@ -58,6 +58,8 @@ def _cases(scratch: Path):
     for name in hf_architectures.ARCHITECTURES:  # tiny Hugging Face configurations
         yield (f"hf/{name} (legacy)", lambda n=name:
                hf_architectures.export(n, "legacy", scratch / f"hf.{n}.onnx"))
+    for name in keras_exports.FIXTURES:  # TensorFlow's exporter (files in models/examples)
+        yield f"tf2onnx/{name}", lambda n=name: str(keras_exports.path(n))
     for name in zoo.WHEEL_MODELS:  # trained models shipped in PyPI wheels (paddle2onnx, YOLOv8n)
         yield f"wheel/{name}", lambda name=name: str(zoo.wheel_model(name))
     for name in tz.TRANSFORMER_MODELS:

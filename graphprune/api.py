@@ -67,6 +67,7 @@ class Report:
     compensation: str = ""  # "" (off), or what compensation used
     compensated: list[dict] = field(default_factory=list)  # one entry per consumer updated
     sparsity: "SparsityReport | None" = None  # the --sparsity pass, when it ran
+    left_float: list[str] = field(default_factory=list)  # QDQ weights not requantized
 
     @property
     def param_ratio(self) -> float:
@@ -129,6 +130,10 @@ class Report:
                          (f"; {resized}" if resized else ""))
         if self.sparsity is not None:
             lines.append(self.sparsity.summary())
+        if self.left_float:
+            lines.append(f"quantized: {len(self.left_float)} weight(s) left float: their "
+                         f"values are off the quantization grid now (e.g. "
+                         f"'{self.left_float[0]}')")
         if self.approximate:
             lines.append(f"approximate: {len(self.approximate)} pruned group(s) pass through a "
                          f"normalisation over the pruned channels (--prune-hidden); the output "
@@ -333,6 +338,7 @@ def prune(model: ModelLike, ratio: float = 0.4, *, criterion: str = "l2",
 
     say(f"pruning {len(plan.groups)} groups")
     report.groups_pruned = apply_plan(graph, analysis, plan)
+    _requantize(graph, report)
     pruned_keys = {g.key for g in plan.groups}
     report.approximate = sorted(g.key for g in analysis.groups
                                 if "approximate" in g.tags and g.key in pruned_keys)
@@ -386,12 +392,22 @@ def _sparsify_only(graph: Graph, interface, loaded_weights, report: Report, refe
                    config: SparsifyConfig, source: str, clock: "_Clock",
                    say: Progress, calib=None) -> PruneResult:
     """The pipeline without channel pruning: canonical graph -> sparsity pass -> verify."""
-    report.params_after, report.macs_after = report.params_cleaned, report.macs_before
+    _requantize(graph, report)  # a QDQ model keeps its integer weights (the sparse kernels
+    # take float weights: its layers stay dense)
+    report.params_after, report.macs_after = count_params(graph), report.macs_before
     _check_interface(interface, graph.to_model(embed_limit=-1),
                      loaded_weights | graph.weights.keys(), source)
     _sparsify(graph, report, config, clock, say, calib)
     empty = Plan(criterion="", ratio=0.0, round_to=1, groups=[])
     return _verified(PruneResult(graph, empty, report), reference, source, clock, say, "sparse")
+
+
+def _requantize(graph: Graph, report: Report) -> None:
+    """A QDQ model's weights go back to the integers they were (see quantization.py)."""
+    if graph.quantized:
+        from .quantization import requantize
+
+        report.left_float = requantize(graph)
 
 
 def _verified(result: PruneResult, reference, source: str, clock: "_Clock", say: Progress,
@@ -528,16 +544,11 @@ _QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"
 def _quantized_reason(graph: Graph) -> str | None:
     """Why a quantized model has nothing to prune: its weights are integers, not float."""
     ops = sorted({n.op_type for n in graph.nodes if n.op_type in _QUANTIZED_OPS})
-    if not ops:
-        dequantized = [n for n in graph.nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm",
-                                                               "MatMul") and len(n.input) > 1
-                       and getattr(graph.producer(n.input[1]), "op_type", "") == "DequantizeLinear"]
-        if not dequantized:
-            return None
-        ops = [f"DequantizeLinear before the weights of {len(dequantized)} "
-               f"{dequantized[0].op_type} node(s), e.g. '{dequantized[0].name}'"]
-    return (f"its weights are quantized ({', '.join(ops)}); graphprune prunes float or fp16 "
-            "weights: prune the float model, then quantize the result")
+    if not ops:  # QDQ models (DequantizeLinear before the weights) prune; these ops do not
+        return None
+    return (f"its weights are quantized into operators that compute on integers "
+            f"({', '.join(ops)}); graphprune prunes float, fp16 and QDQ-quantized weights: "
+            "prune the float model (or a QDQ export), then quantize the result")
 
 
 def _top_reason(analysis: Analysis, graph: Graph | None = None) -> str:

@@ -41,6 +41,10 @@ class Graph:
     # |gamma| of BatchNorms folded away, keyed by the tensor the BN produced: the BN-scale
     # criterion needs them after folding has removed the BN nodes.
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    # Weights a QDQ model dequantized at run time, now float: how to quantize them back
+    # (quantization.Quantization), and the slices surgery took of each weight, in order.
+    quantized: dict[str, object] = field(default_factory=dict)
+    slices: dict[str, list] = field(default_factory=dict)
     # Axes whose `shapes` value is a stand-in for a dynamic dim (see infer_shapes).
     dynamic: dict[str, frozenset] = field(default_factory=dict)
     bound: bool = False  # shapes were inferred with stand-ins for dynamic dims

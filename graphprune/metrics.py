@@ -14,9 +14,16 @@ from .ir import Graph
 
 
 def count_params(graph: Graph) -> int:
-    """Elements of floating-point weights that some node uses."""
-    return int(sum(w.size for name, w in graph.weights.items()
-                   if np.issubdtype(w.dtype, np.floating) and graph.consumers(name)))
+    """Elements of floating-point weights that some node uses, and of integer weights that a
+    DequantizeLinear reads (a QDQ model's quantized weights; other integer constants are
+    shapes and indices)."""
+    total = 0
+    for name, w in graph.weights.items():
+        users = graph.consumers(name)
+        if users and (np.issubdtype(w.dtype, np.floating) or any(
+                u.op_type == "DequantizeLinear" and u.input[0] == name for u in users)):
+            total += w.size
+    return int(total)
 
 
 def _numel(shape) -> int:

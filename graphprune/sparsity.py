@@ -255,6 +255,9 @@ def _candidate(graph: Graph, node: onnx.NodeProto, outputs: set[str],
                taken: set[int] = frozenset()) -> Candidate | str:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     w = graph.const(node.input[1]) if len(node.input) > 1 else None
+    maker = graph.producer(node.input[1]) if len(node.input) > 1 else None
+    if w is None and maker is not None and maker.op_type == "DequantizeLinear":
+        return "a quantized (QDQ) weight: the sparse ops take float32 weights"
     if w is None or node.input[0] in graph.weights:
         return "the weight is not a constant (or both operands are)"
     if w.dtype != np.float32:

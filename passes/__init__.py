@@ -7,6 +7,7 @@ from typing import Sequence
 from graphprune.ir import Graph
 
 from .base import Pass
+from .dequantize_weights import DequantizeWeights
 from .eliminate_dead import EliminateDeadNodes
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
@@ -15,12 +16,14 @@ from .remove_identity import RemoveIdentity
 from .split_packed_blocks import SplitPackedBlocks
 from .unshare_weights import UnshareWeights
 
-# Identities first so BN/const patterns are adjacent; constants before BN so BN parameters
+# Identities first so BN/const patterns are adjacent; quantized weights become float weights
+# before anything reads them as constants; constants before BN so BN parameters
 # computed from constant subgraphs are plain weights; dead code next, to sweep up orphans;
 # global pools and packed-block splits after constants, whose folding gives ReduceMean its axes
 # and Gather its indices; unsharing last, so that pruning never couples layers through a
 # deduplicated constant.
-DEFAULT_PASSES: tuple[Pass, ...] = (RemoveIdentity(), FoldConstants(), FoldBatchNorm(),
+DEFAULT_PASSES: tuple[Pass, ...] = (RemoveIdentity(), DequantizeWeights(), FoldConstants(),
+                                    FoldBatchNorm(),
                                     ReduceToGlobalPool(), SplitPackedBlocks(),
                                     EliminateDeadNodes(), UnshareWeights())
 
@@ -43,6 +46,6 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES,
     return changed
 
 
-__all__ = ["DEFAULT_PASSES", "EliminateDeadNodes", "FoldBatchNorm", "FoldConstants", "Pass",
+__all__ = ["DEFAULT_PASSES", "DequantizeWeights", "EliminateDeadNodes", "FoldBatchNorm", "FoldConstants", "Pass",
            "ReduceToGlobalPool", "RemoveIdentity", "SplitPackedBlocks", "UnshareWeights",
            "run_passes"]

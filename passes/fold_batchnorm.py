@@ -79,7 +79,8 @@ class FoldBatchNorm:
         if (producer is None or producer.op_type not in _PRODUCERS
                 or not is_default_domain(producer) or producer.output[0] != x
                 or x in outputs or len(graph.consumers(x)) != 1
-                or len(producer.input) < 2 or producer.input[1] not in graph.weights):
+                or len(producer.input) < 2 or producer.input[1] not in graph.weights
+                or producer.input[1] in graph.quantized):  # its integers must stay as they are
             return None
         if len(producer.input) > 2 and producer.input[2] and producer.input[2] not in graph.weights:
             return None

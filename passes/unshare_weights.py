@@ -34,6 +34,8 @@ class UnshareWeights:
                 if name in seen:  # every later use gets a copy of its own
                     copy = graph.unique_name(f"{name}_{node.name or node.op_type}")
                     add_weight(graph, copy, w.copy())
+                    if name in graph.quantized:  # a dequantized weight: its copy is too
+                        graph.quantized[copy] = graph.quantized[name]
                     node.input[i] = copy
                     changed = True
                 else:

@@ -29,20 +29,22 @@ def _relu_only(path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
-def _quantized(path):
-    """Conv whose weight is DequantizeLinear(int8, per-channel scale): a QDQ-quantized model."""
+def _integer_ops(path):
+    """ConvInteger on quantized activations and weights: a model quantized into operators that
+    compute on integers (QDQ models, with DequantizeLinear before float ops, prune)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
-    inits = [helper.make_tensor("wq", TensorProto.INT8, [8, 4, 1, 1], [1, -2, 3, 4] * 8),
-             helper.make_tensor("ws", TensorProto.FLOAT, [8], [0.1] * 8),
-             helper.make_tensor("w2q", TensorProto.INT8, [4, 8, 1, 1], [2, -1, 1, 3] * 8),
-             helper.make_tensor("w2s", TensorProto.FLOAT, [4], [0.1] * 4)]
-    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0, name="dq1"),
-             helper.make_node("Conv", ["x", "w"], ["h"], name="conv1"),
-             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
-             helper.make_node("DequantizeLinear", ["w2q", "w2s"], ["w2"], axis=0, name="dq2"),
-             helper.make_node("Conv", ["hr", "w2"], ["y"], name="conv2")]
-    g = helper.make_graph(nodes, "qdq", [x], [y], inits)
+    inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [0.05]),
+             helper.make_tensor("xz", TensorProto.UINT8, [], [128]),
+             helper.make_tensor("wq", TensorProto.UINT8, [8, 4, 1, 1], [1, 2, 3, 4] * 8),
+             helper.make_tensor("w2q", TensorProto.UINT8, [4, 8, 1, 1], [2, 1, 1, 3] * 8)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q1"),
+             helper.make_node("ConvInteger", ["xq", "wq", "xz"], ["h"], name="conv1"),
+             helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT, name="cast1"),
+             helper.make_node("QuantizeLinear", ["hf", "xs", "xz"], ["hq"], name="q2"),
+             helper.make_node("ConvInteger", ["hq", "w2q", "xz"], ["h2"], name="conv2"),
+             helper.make_node("Cast", ["h2"], ["y"], to=TensorProto.FLOAT, name="cast2")]
+    g = helper.make_graph(nodes, "integer_ops", [x], [y], inits)
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
@@ -55,7 +57,7 @@ CASES = {
     "negative ratio": (["net.onnx", "--ratio", "-0.1"], 2, "--ratio"),
     "unknown criterion": (["net.onnx", "--criterion", "magic"], 2, "--criterion"),
     "nothing prunable": (["relu.onnx"], 4, "no channel group can be pruned"),
-    "quantized model": (["qdq.onnx"], 4, "prune the float model, then quantize"),
+    "integer-operator model": (["intops.onnx"], 4, "prune the float model (or a QDQ export)"),
     "missing output dir": (["net.onnx", "-o", "nodir/out.onnx"], 2, "does not exist"),
     "overwrite input": (["net.onnx", "-o", "net.onnx"], 2, "refusing to overwrite"),
     "bad plan": (["net.onnx", "--plan", "plan.json", "-o", "out.onnx"], 2, "not a graphprune plan"),
@@ -84,7 +86,7 @@ def test_bad_input_fails_cleanly(case, workdir):
     for f in workdir.glob("ext.onnx.*"):
         f.unlink()
     _relu_only(workdir / "relu.onnx")
-    _quantized(workdir / "qdq.onnx")
+    _integer_ops(workdir / "intops.onnx")
     before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
 
     rc, out, err = _cli(*args, cwd=workdir)

@@ -5,7 +5,8 @@ channels to the feature map's; a per-channel constant (bias, PRelu slope) is sli
 """
 from __future__ import annotations
 
-from ..coupling import Effect, Link, ParamSlice, Port, frozen, identity_everywhere, rule
+from ..coupling import (Effect, Link, ParamSlice, Port, attr, frozen, identity_everywhere,
+                        normalize_axis, rule)
 
 UNARY = (
     "Relu", "LeakyRelu", "PRelu_", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu",
@@ -67,3 +68,22 @@ def cast_like(node, port: Port, graph) -> Effect:
     if port.side == "in" and port.index == 1:
         return Effect()
     return identity_everywhere(node, port, graph)
+
+
+@rule("QuantizeLinear", "DequantizeLinear")
+def quantize_linear(node, port: Port, graph) -> Effect:
+    """A QDQ model's activation (de)quantization: channels pass through; a per-channel scale and zero point on the channel axis are sliced with them."""
+    if port.index > 0:
+        return frozen(f"{node.op_type} '{node.name}' scale or zero point")
+    scale = graph.const(node.input[1]) if len(node.input) > 1 else None
+    if scale is None or attr(node, "block_size"):
+        return frozen(f"{node.op_type} '{node.name}' scale computed at run time or blocked")
+    effect = identity_everywhere(node, port, graph)
+    if scale.size > 1:  # per axis
+        rank = graph.rank(node.input[0])
+        axis = normalize_axis(int(attr(node, "axis", 1)), rank) if rank is not None else None
+        if axis is None:
+            return frozen(f"{node.op_type} '{node.name}' input of unknown rank")
+        if axis == port.axis:
+            effect.params += [ParamSlice(name, 0, "param") for name in node.input[1:3] if name]
+    return effect

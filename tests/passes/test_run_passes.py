@@ -1,9 +1,9 @@
 import numpy as np
 from onnx import helper
 
-from graphprune.passes import (DEFAULT_PASSES, EliminateDeadNodes, FoldBatchNorm, FoldConstants,
-                               Pass, ReduceToGlobalPool, RemoveIdentity, SplitPackedBlocks,
-                               UnshareWeights, run_passes)
+from graphprune.passes import (DEFAULT_PASSES, DequantizeWeights, EliminateDeadNodes,
+                               FoldBatchNorm, FoldConstants, Pass, ReduceToGlobalPool,
+                               RemoveIdentity, SplitPackedBlocks, UnshareWeights, run_passes)
 from passes_testlib import assert_equivalent, init, load, make_model, op_types, rand, vi
 
 
@@ -32,7 +32,8 @@ def _model():
 
 
 def test_default_passes_are_passes():
-    assert [type(p) for p in DEFAULT_PASSES] == [RemoveIdentity, FoldConstants, FoldBatchNorm,
+    assert [type(p) for p in DEFAULT_PASSES] == [RemoveIdentity, DequantizeWeights,
+                                                 FoldConstants, FoldBatchNorm,
                                                  ReduceToGlobalPool, SplitPackedBlocks,
                                                  EliminateDeadNodes, UnshareWeights]
     assert all(isinstance(p, Pass) and p.name for p in DEFAULT_PASSES)

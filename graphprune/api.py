@@ -67,6 +67,7 @@ class Report:
     compensation: str = ""  # "" (off), or what compensation used
     compensated: list[dict] = field(default_factory=list)  # one entry per consumer updated
     sparsity: "SparsityReport | None" = None  # the --sparsity pass, when it ran
+    requantized: int = 0  # QDQ weights written back as integers
     left_float: list[str] = field(default_factory=list)  # QDQ weights not requantized
 
     @property
@@ -130,10 +131,12 @@ class Report:
                          (f"; {resized}" if resized else ""))
         if self.sparsity is not None:
             lines.append(self.sparsity.summary())
-        if self.left_float:
-            lines.append(f"quantized: {len(self.left_float)} weight(s) left float: their "
-                         f"values are off the quantization grid now (e.g. "
-                         f"'{self.left_float[0]}')")
+        if self.requantized or self.left_float:
+            left = "" if not self.left_float else (
+                f"; {len(self.left_float)} left float, their values off the quantization grid "
+                f"now (e.g. '{self.left_float[0]}')")
+            lines.append(f"quantized: {self.requantized} weight(s) written back as integers "
+                         f"with the kept channels' scales{left}")
         if self.approximate:
             lines.append(f"approximate: {len(self.approximate)} pruned group(s) pass through a "
                          f"normalisation over the pruned channels (--prune-hidden); the output "
@@ -407,7 +410,7 @@ def _requantize(graph: Graph, report: Report) -> None:
     if graph.quantized:
         from .quantization import requantize
 
-        report.left_float = requantize(graph)
+        report.requantized, report.left_float = requantize(graph)
 
 
 def _verified(result: PruneResult, reference, source: str, clock: "_Clock", say: Progress,

@@ -74,10 +74,10 @@ def sliced(quant: Quantization, slices: list[tuple[int, np.ndarray | None]],
     return Quantization(scale, zero, quant.axis, quant.dtype)
 
 
-def requantize(graph: Graph) -> list[str]:
+def requantize(graph: Graph) -> tuple[int, list[str]]:
     """Give every dequantized weight that is still on its grid its DequantizeLinear back (with
-    the kept channels' scales). Returns the weights left float."""
-    left = []
+    the kept channels' scales). Returns how many were, and the weights left float."""
+    left, done = [], 0
     for name, quant in sorted(graph.quantized.items()):
         w = graph.weights.get(name)
         users = graph.consumers(name)
@@ -101,4 +101,5 @@ def requantize(graph: Graph) -> list[str]:
         first = min(i for i, n in enumerate(graph.nodes) if any(n is u for u in users))
         graph.nodes.insert(first, node)
         graph.reindex()
-    return left
+        done += 1
+    return done, left

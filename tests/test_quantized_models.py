@@ -59,6 +59,8 @@ def test_qdq_model_prunes_and_stays_quantized(name, tmp_path):
     onnx.checker.check_model(result.model, full_check=True)
     report = result.report
     assert report.groups_pruned > 0 and not report.left_float, report.summary()
+    assert f"quantized: {report.requantized} weight(s) written back as integers" in \
+        report.summary() and report.requantized >= 3
     assert report.params_after < 0.8 * report.params_before
     # every layer still reads an integer weight through DequantizeLinear
     assert set(_weight_sources(result.model).values()) == {"DequantizeLinear"}

@@ -51,7 +51,10 @@ def quantize_exactly(w: np.ndarray, quant: Quantization) -> np.ndarray | None:
         _broadcast(quant.zero_point.astype(np.int64), quant.axis, w.ndim)
     scale = _broadcast(quant.scale, quant.axis, w.ndim)
     info = np.iinfo(quant.dtype)
-    q = np.clip(np.rint(w / scale) + zero, info.min, info.max).astype(quant.dtype)
+    # in float64: float32 division is off by up to |q| * 2^-23, which would misround int32
+    # biases of a few million
+    q = np.clip(np.rint(w.astype(np.float64) / scale.astype(np.float64)) + zero,
+                info.min, info.max).astype(quant.dtype)
     return q if np.array_equal(dequantize(q, quant), w) else None
 
 

@@ -47,7 +47,10 @@ class _Builder:
 
 def _multilevel_merge() -> onnx.ModelProto:
     b = _Builder()
-    w = lambda *s: (RNG.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)  # noqa: E731
+
+    def w(*shape):
+        return (RNG.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
     r0 = b.op("Relu", [b.op("Conv", ["x", b.const("W1", w(8, 3, 3, 3))], "c0", pads=[1] * 4)],
               "r0")
     r1 = b.op("Relu", [b.op("Conv", [r0, b.const("W2", w(8, 8, 3, 3))], "c1", pads=[1] * 4,

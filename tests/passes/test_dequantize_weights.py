@@ -60,3 +60,12 @@ def test_blocked_and_run_time_quantization_is_left_alone():
                        [vi("xq", [2, 4], elem=3)], [vi("y", [2, 4])],
                        [init("s", np.float32(0.5))])
     assert not DequantizeWeights().run(load(model))
+
+
+def test_large_int32_biases_quantize_back_exactly():
+    from graphprune.quantization import Quantization, dequantize
+
+    # float32 division misrounds these (found by search); float64 does not
+    q = np.array([5_328_983, -5_350_917, 3, 5_356_899], np.int32)
+    quant = Quantization(np.float32(0.0123).reshape(()), None, None, np.dtype(np.int32))
+    assert np.array_equal(quantize_exactly(dequantize(q, quant), quant), q)

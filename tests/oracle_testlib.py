@@ -31,3 +31,14 @@ def assert_equals_oracle(model: ModelLike, result, feeds_list,
         assert float(np.abs(want - have).max()) <= tolerance * float(np.abs(want).max())
         outputs.append(have)
     return outputs
+
+
+def residual_model(name: str, nodes, inits, dims) -> onnx.ModelProto:
+    """A hand-built block from input "x" to output "y" of the same shape (`dims`, e.g.
+    ["B", S, E]) at opset 17, checked by the full checker: what the oracle tests build."""
+    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(dims))
+          for n in "xy"]
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, name, io[:1], io[1:], inits),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from graphprune import prune
 from graphprune.api import analyze_model
-from oracle_testlib import assert_equals_oracle
+from oracle_testlib import assert_equals_oracle, residual_model
 
 S, E, H, D = 5, 16, 4, 4
 RNG = np.random.default_rng(7)
@@ -150,11 +150,7 @@ def _bloom() -> onnx.ModelProto:
               helper.make_node("Reshape", ["ctx_t", "merge"], ["merged"]),
               helper.make_node("MatMul", ["merged", "Wo"], ["out"]),
               helper.make_node("Add", ["out", x], ["y"])]
-    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["B", s, e]) for n in "xy"]
-    model = helper.make_model(helper.make_graph(nodes, "bloom", io[:1], io[1:], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return residual_model("bloom", nodes, inits, ["B", s, e])
 
 
 def test_bloom_heads_prune_with_batch_times_heads_and_batch_recovered_by_division():

@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 from graphprune import prune
 from graphprune.api import analyze_model
-from oracle_testlib import assert_equals_oracle
+from oracle_testlib import assert_equals_oracle, residual_model
 
 N, C, HIDDEN = 6, 8, 16
 RNG = np.random.default_rng(5)
@@ -38,11 +38,7 @@ def _levit_like() -> onnx.ModelProto:
              helper.make_node("Mul", ["a", "gate_x"], ["gated"]),
              helper.make_node("MatMul", ["gated", "W2"], ["out"]),
              helper.make_node("Add", ["out", "x"], ["y"])]
-    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["B", N, C]) for n in "xy"]
-    model = helper.make_model(helper.make_graph(nodes, "levit_like", io[:1], io[1:], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return residual_model("levit_like", nodes, inits, ["B", N, C])
 
 
 def test_reshape_as_and_expand_as_couple_to_the_shape_source():

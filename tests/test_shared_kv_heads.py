@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from graphprune import prune
 from graphprune.api import analyze_model
-from oracle_testlib import assert_equals_oracle
+from oracle_testlib import assert_equals_oracle, residual_model
 
 S, E, H, D = 5, 16, 4, 4
 RNG = np.random.default_rng(11)
@@ -74,11 +74,7 @@ def _mqa(packed: bool, target_form: str) -> onnx.ModelProto:
               helper.make_node("Reshape", ["ctx_t", "merge"], ["merged"]),
               helper.make_node("MatMul", ["merged", "Wo"], ["out"]),
               helper.make_node("Add", ["out", "x"], ["y"])]
-    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["B", S, E]) for n in "xy"]
-    model = helper.make_model(helper.make_graph(nodes, "mqa", io[:1], io[1:], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return residual_model("mqa", nodes, inits, ["B", S, E])
 
 
 def _assert_matches_oracle(model, result):
@@ -125,9 +121,7 @@ def test_single_head_query_key_channels_prune_to_the_mask_oracle():
               helper.make_node("MatMul", ["p", "v"], ["ctx"]),
               helper.make_node("MatMul", ["ctx", "Wo"], ["out"]),
               helper.make_node("Add", ["out", "x"], ["y"])]
-    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["B", S, E]) for n in "xy"]
-    model = helper.make_model(helper.make_graph(nodes, "one_head", io[:1], io[1:], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = residual_model("one_head", nodes, inits, ["B", S, E])
     result = prune(model, ratio=0.5, round_to=1)
     w = _weights(result.model)
     assert w["Wq"].shape == w["Wk"].shape == (E, E // 2)  # the summed channels pruned

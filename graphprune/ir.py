@@ -42,7 +42,7 @@ class Graph:
     # criterion needs them after folding has removed the BN nodes.
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
     # Weights a QDQ model dequantized at run time, now float: how to quantize them back
-    # (quantization.Quantization), and the slices surgery took of each weight, in order.
+    # (quantization.Quantization), and the slices surgery took of each such weight, in order.
     quantized: dict[str, object] = field(default_factory=dict)
     slices: dict[str, list] = field(default_factory=dict)
     # Axes whose `shapes` value is a stand-in for a dynamic dim (see infer_shapes).

@@ -47,9 +47,10 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: Plan, mode: str = "slice"
             if mode == "slice":
                 graph.weights[param.weight] = _slice(graph.weights[param.weight], param,
                                                      keep[space], group.sizes[space])
-                graph.slices.setdefault(param.weight, []).append(  # for requantization
-                    (param.axis, None if param.grouped else
-                     _weight_index(param, keep[space], group.sizes[space])))
+                if param.weight in graph.quantized:  # requantization needs the kept indices
+                    graph.slices.setdefault(param.weight, []).append(
+                        (param.axis, None if param.grouped else
+                         _weight_index(param, keep[space], group.sizes[space])))
             elif param.role in ("consumer", "producer"):
                 graph.weights[param.weight] = _mask(graph.weights[param.weight], param,
                                                     keep[space], group.sizes[space])

@@ -79,6 +79,7 @@ struct XTJob {
   int64_t nranges = 1;
   bool panels = false;  // K panel by K panel (w->npanels > 1)
   bool interleave = false;  // 4x1 / 8x1 rows: chunks in pack_rows_interleaved's layout
+  bool jit = false;         // chunks of 16 rows multiplied by w->jit's code (see use_jit)
   bool stream = false;      // chunk tasks: streaming stores into Y (kStreamBytes)
   int64_t prefetch_end = 0;  // chunk tasks: the input of chunks below it may be prefetched
   // sparse_matmul_chain: the second op's job, run on each finished chunk of Y, and (in a chunk
@@ -271,8 +272,29 @@ void split_columns(const PackedWeight& w, int64_t wanted, XTJob* job, std::vecto
   job->nranges = n;
 }
 
+bool uses_panels(const PackedWeight& w, int64_t mb);
+
+// Whether w's generated code (jit.cpp) multiplies it: it exists, this is the AVX-512 copy, there
+// is at least one full chunk of 16 rows (pixels), a chunk fits without K panels (the code reads
+// all of K), and the columns have 64 non-zeros or more on average. With fewer, the 16-row chunks'
+// own costs (packing, one 64-byte run per output channel, the groups' zeroing and stores)
+// outweigh the saving: bench/kernels.py conv --batch 16 at 90 %, 64->256 1x1 on 56x56 (6 per
+// column) 2.46 -> 2.95 ms, 64->64 3x3 (58) 5.9 -> 7.0 ms; 128->128 3x3 (115) 4.68 -> 4.36 ms,
+// 1024->256 1x1 (102) 2.50 -> 1.73 ms.
+constexpr int64_t kJitMinRows = 16;
+constexpr int64_t kJitMinColumnNnz = 64;
+bool use_jit(const Isa& isa, const PackedWeight& w, int64_t rows) {
+  return w.jit && isa.vl == 16 && rows >= kJitMinRows && w.nnzb() >= kJitMinColumnNnz * w.N &&
+         !uses_panels(w, 16);
+}
+
 // Vector width and vectors of rows (pixels) per chunk for `rows` rows.
 void pick_vectors(const Isa& isa, const PackedWeight& w, int64_t rows, int* vl, int64_t* nv) {
+  if (use_jit(isa, w, rows)) {  // one vector: the code's X row is one register
+    *vl = 16;
+    *nv = 1;
+    return;
+  }
   int v = isa.vl;
   if (isa.vl_half && rows <= isa.vl_half) v = isa.vl_half;
   int64_t n = (rows + v - 1) / v;
@@ -387,6 +409,7 @@ void sparse_matmul(const PackedWeight& w, const Problem& p, Parallel& par,
     job.nchunks = p.batch * job.chunks_per_image;
   }
   job.panels = uses_panels(w, mb);
+  job.jit = use_jit(isa, w, rows);
 
   // Many chunks: one task per chunk packs it into its thread's buffer and runs every column
   // on it while it is in cache. Packing every chunk first wrote a copy of X (the size of X for
@@ -502,6 +525,7 @@ void sparse_matmul_chain(const PackedWeight& w, const Problem& p, const PackedWe
     j.chunks_per_image = rows ? 1 : per_image;
     j.nchunks = nchunks;
     j.panels = uses_panels(*ws[i], mb);
+    j.jit = use_jit(isa, *ws[i], rows ? ps[i]->M : ps[i]->P) && nv == 1;
     setup_chunk_tasks(*ws[i], M, &j, i == 0 ? &ranges : &ranges2);
   }
   job.chain = &job2;

@@ -544,6 +544,7 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
   GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues, 3, cv, &all_const));
   if (all_const && cv[0] && cv[1]) {
     GP_RETURN_IF_ERROR(k->pack(k->spec, cv[0], cv[1], cv[2], &k->weight));
+    graphprune::attach_jit(&k->weight);
     k->prepacked = true;
   }
   if (def->chain) {
@@ -557,6 +558,7 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKern
     GP_RETURN_IF_ERROR(graphprune::ort::constant_inputs(api, info, kValues2, 3, cv, &all_const));
     if (all_const && cv[0] && cv[1]) {
       GP_RETURN_IF_ERROR(k->pack(k->spec2, cv[0], cv[1], cv[2], &k->weight2));
+      graphprune::attach_jit(&k->weight2);
       k->prepacked2 = true;
     }
   }
@@ -698,4 +700,7 @@ GP_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, 
 
 // For the Python side (ctypes): the code path in use and the API version targeted.
 GP_EXPORT const char* graphprune_kernels_isa() { return graphprune::isa_name(); }
+// Column ranges multiplied by generated code (jit.cpp) so far in this process: tests check that
+// the path they mean to cover ran.
+GP_EXPORT int64_t graphprune_kernels_jit_calls() { return graphprune::jit_calls(); }
 GP_EXPORT int graphprune_kernels_api_version() { return static_cast<int>(kApiVersion); }

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -71,6 +72,24 @@ struct OuterLayout {
   int64_t ntiles() const { return static_cast<int64_t>(tile_ptr.size()) - 1; }
 };
 
+// Machine code written for one unstructured (1x1 block) weight (jit.cpp; AVX-512F, x86-64
+// Linux): group g multiplies a packed chunk of 16 rows by output columns [g * group_cols,
+// (g + 1) * group_cols) into a tile [columns][16]: fn[g](xt, w.data() + w_offset[g], tile).
+constexpr int kJitGroupCols = 30;  // accumulator registers (zmm0-29; zmm31 holds X)
+using JitGroupFn = void (*)(const float* xt, const float* w, float* out);
+struct JitKernel {
+  int64_t group_cols = kJitGroupCols;
+  std::vector<JitGroupFn> fn;
+  std::vector<int64_t> w_offset;
+  AlignedVector<float> w;  // the weights in the order the code reads them
+  void* code = nullptr;
+  size_t code_bytes = 0;
+  JitKernel() = default;
+  JitKernel(const JitKernel&) = delete;
+  JitKernel& operator=(const JitKernel&) = delete;
+  ~JitKernel();
+};
+
 struct PackedWeight {
   int64_t K = 0, N = 0;
   int br = 1, bc = 1;
@@ -84,6 +103,7 @@ struct PackedWeight {
   int64_t npanels = 1;
   std::vector<int64_t> panel_ptr;
   OuterLayout outer;              // bsr 4x1 / 8x1 only
+  std::shared_ptr<const JitKernel> jit;  // 1x1 blocks where attach_jit could write code
   int64_t nnzb() const { return static_cast<int64_t>(k0.size()); }
 };
 
@@ -101,6 +121,14 @@ struct IndexView {
 std::string validate_spec(const FormatSpec& spec);
 std::string pack_weight(const FormatSpec& spec, const float* values, size_t n_values,
                         IndexView indices, IndexView row_ptr, PackedWeight* out);
+
+// Writes w's machine code (w->jit) where it applies: 1x1 blocks, a CPU with AVX-512F, x86-64
+// Linux, GRAPHPRUNE_KERNELS_JIT not "0"/"off", code within a size cap. Otherwise w->jit stays
+// empty and the column kernel multiplies w. For constant weights (packed once per session).
+void attach_jit(PackedWeight* w);
+// How many column ranges the generated code has multiplied in this process (for tests).
+int64_t jit_calls();
+extern int64_t g_jit_calls;
 
 // Runs fn(data, i) for i in [0, n), possibly in parallel.
 class Parallel {

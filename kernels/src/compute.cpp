@@ -274,18 +274,13 @@ void split_columns(const PackedWeight& w, int64_t wanted, XTJob* job, std::vecto
 
 bool uses_panels(const PackedWeight& w, int64_t mb);
 
-// Whether w's generated code (jit.cpp) multiplies it: it exists, this is the AVX-512 copy, there
-// is at least one full chunk of 16 rows (pixels), a chunk fits without K panels (the code reads
-// all of K), and the columns have 64 non-zeros or more on average. With fewer, the 16-row chunks'
-// own costs (packing, one 64-byte run per output channel, the groups' zeroing and stores)
-// outweigh the saving: bench/kernels.py conv --batch 16 at 90 %, 64->256 1x1 on 56x56 (6 per
-// column) 2.46 -> 2.95 ms, 64->64 3x3 (58) 5.9 -> 7.0 ms; 128->128 3x3 (115) 4.68 -> 4.36 ms,
-// 1024->256 1x1 (102) 2.50 -> 1.73 ms.
+// Whether w's generated code (jit.cpp; written only for weights with enough non-zeros per
+// column, see kJitMinColumnNnz) multiplies it: it exists, this is the AVX-512 copy, there is at
+// least one full chunk of 16 rows (pixels) and a chunk fits without K panels (the code reads all
+// of K).
 constexpr int64_t kJitMinRows = 16;
-constexpr int64_t kJitMinColumnNnz = 64;
 bool use_jit(const Isa& isa, const PackedWeight& w, int64_t rows) {
-  return w.jit && isa.vl == 16 && rows >= kJitMinRows && w.nnzb() >= kJitMinColumnNnz * w.N &&
-         !uses_panels(w, 16);
+  return w.jit && isa.vl == 16 && rows >= kJitMinRows && !uses_panels(w, 16);
 }
 
 // Vector width and vectors of rows (pixels) per chunk for `rows` rows.

@@ -45,8 +45,13 @@ JitKernel::~JitKernel() {
 #ifdef GP_JIT_SUPPORTED
 namespace {
 
-// Largest code one weight may take; beyond it the weight keeps the column kernel.
-constexpr size_t kJitMaxCodeBytes = size_t{256} << 20;
+// Largest code one weight may take; beyond it the weight keeps the column kernel. Every chunk of
+// 16 rows runs the whole code, which must then come from the shared L3 cache or memory at every
+// chunk: bench/kernels.py --shapes 4096x4096 --patterns csr, M = 16 / 128 / 2048, 2 threads,
+// code off -> on: at 95 % (8.7 MB of code) 0.42 -> 0.47, 3.6 -> 4.1, 48 -> 39 ms; at 90 % (15 MB)
+// 0.66 -> 0.88, 6.6 -> 9.9, 97 -> 146 ms; where 768x3072 at 70 % (5.3 MB) gains 1.9x at
+// M = 2048.
+constexpr size_t kJitMaxCodeBytes = size_t{6} << 20;
 
 enum Gpr : int { kRax = 0, kRdx = 2, kRsi = 6, kRdi = 7 };
 constexpr int kXReg = 31;  // zmm holding the current row of X
@@ -158,7 +163,9 @@ bool jit_enabled() {
 
 void attach_jit(PackedWeight* w) {
   w->jit.reset();
-  if (w->br != 1 || w->bc != 1 || w->N <= 0 || !jit_enabled()) return;
+  if (w->br != 1 || w->bc != 1 || w->N <= 0 || w->nnzb() < kJitMinColumnNnz * w->N ||
+      !jit_enabled())
+    return;
   // rows are addressed as rdi + window * 64 with a 32-bit displacement
   if (w->Kp + 128 > (int64_t{1} << 31) / 64) return;
   auto k = std::make_shared<JitKernel>();

@@ -76,6 +76,12 @@ struct OuterLayout {
 // Linux): group g multiplies a packed chunk of 16 rows by output columns [g * group_cols,
 // (g + 1) * group_cols) into a tile [columns][16]: fn[g](xt, w.data() + w_offset[g], tile).
 constexpr int kJitGroupCols = 30;  // accumulator registers (zmm0-29; zmm31 holds X)
+// Code is written only for weights with at least this many non-zeros per output column on
+// average. With fewer, the 16-row chunks' own costs (packing, one 64-byte run per output channel,
+// the groups' zeroing and stores) outweigh the saving: bench/kernels.py conv --batch 16 at 90 %,
+// 64->256 1x1 on 56x56 (6 per column) 2.46 -> 2.95 ms, 64->64 3x3 (58) 5.9 -> 7.0 ms;
+// 128->128 3x3 (115) 4.68 -> 4.36 ms, 1024->256 1x1 (102) 2.50 -> 1.73 ms.
+constexpr int64_t kJitMinColumnNnz = 64;
 using JitGroupFn = void (*)(const float* xt, const float* w, float* out);
 struct JitKernel {
   int64_t group_cols = kJitGroupCols;
@@ -122,9 +128,10 @@ std::string validate_spec(const FormatSpec& spec);
 std::string pack_weight(const FormatSpec& spec, const float* values, size_t n_values,
                         IndexView indices, IndexView row_ptr, PackedWeight* out);
 
-// Writes w's machine code (w->jit) where it applies: 1x1 blocks, a CPU with AVX-512F, x86-64
-// Linux, GRAPHPRUNE_KERNELS_JIT not "0"/"off", code within a size cap. Otherwise w->jit stays
-// empty and the column kernel multiplies w. For constant weights (packed once per session).
+// Writes w's machine code (w->jit) where it applies: 1x1 blocks, kJitMinColumnNnz, a CPU with
+// AVX-512F, x86-64 Linux, GRAPHPRUNE_KERNELS_JIT not "0"/"off", code within a size cap.
+// Otherwise w->jit stays empty and the column kernel multiplies w. For constant weights (packed
+// once per session).
 void attach_jit(PackedWeight* w);
 // How many column ranges the generated code has multiplied in this process (for tests).
 int64_t jit_calls();

@@ -176,14 +176,16 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert_close(without, reference(x, w))
 
 
-@pytest.mark.parametrize("rows,k,sparsity", [(200, 300, 0.9), (8, 600, 0.8)],
-                         ids=["few-nonzeros-per-column", "fewer-than-16-rows"])
-def test_not_used_where_it_would_not_pay(rows, k, sparsity):
-    """Below 64 non-zeros per output column on average, or with fewer rows than one vector, the
-    column kernel multiplies (bench/kernels.py conv: 64->256 1x1 on 56x56 at 90 % lost 20 %
-    with the generated code)."""
+@pytest.mark.parametrize("rows,k,n,sparsity", [(200, 300, 50, 0.9), (8, 600, 50, 0.8),
+                                                (64, 2048, 2048, 0.5)],
+                         ids=["few-nonzeros-per-column", "fewer-than-16-rows", "code-too-large"])
+def test_not_used_where_it_would_not_pay(rows, k, n, sparsity):
+    """Below 64 non-zeros per output column on average, with fewer rows than one vector, or where
+    the code would exceed 6 MiB (2 M non-zeros: about 14 MiB), the column kernel multiplies
+    (bench/kernels.py: 64->256 1x1 on 56x56 at 90 % lost 20 % with the generated code,
+    4096x4096 at 90 % a third)."""
     rng = np.random.default_rng(6)
-    w = unstructured(rng, k, 50, sparsity)
+    w = unstructured(rng, k, n, sparsity)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     node, inits = gk.make_sparse_matmul_node(w, "X", "Y", format="csr", block=(1, 1))
     (y,), ran = run([node], inits, {"X": x})

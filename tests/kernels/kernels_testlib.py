@@ -90,21 +90,25 @@ def masked_conv_weight(rng, o, c, kernel, fmt, block, sparsity=0.7):
                                       kernel)
 
 
-def _graph_model(nodes, inits, feeds, domains=()):
+def graph_model(nodes, inits, feeds, outputs=("Y",), sparse=True):
+    """A model of `nodes`, every feed a float graph input, `outputs` its outputs; `sparse`:
+    with graphprune's operator domain imported."""
     graph = helper.make_graph(
         list(nodes), "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=list(inits))
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        initializer=list(inits))
+    domains = [helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)] if sparse else []
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *domains])
 
 
 def run_dense(nodes, inits, feeds):
     """Output Y of ONNX Runtime's own ops `nodes` (the reference), every feed a graph input."""
-    model = _graph_model(nodes, inits, feeds)
+    model = graph_model(nodes, inits, feeds, sparse=False)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
 
 
 def run_sparse(node, inits, feeds, threads=2):
     """Output Y of one graphprune node, every feed a graph input, the library registered."""
-    model = _graph_model([node], inits, feeds, [helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)])
+    model = graph_model([node], inits, feeds)
     return gk.session(model, threads=threads).run(None, feeds)[0]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from graphprune import kernels as gk
 from kernels_testlib import (FORMAT_IDS, FORMATS, assert_close, fmt_kwargs, forced_isa,
-                             masked_conv_weight)
+                             graph_model, masked_conv_weight)
 
 pytestmark = pytest.mark.usefixtures("library")
 
@@ -27,15 +27,6 @@ CASES = {
     "3x3-many": ((3, 3), (1, 1, 1, 1), (2, 6, 20, 21), False),
     "3x3-few": ((3, 3), (1, 1, 1, 1), (1, 5, 5, 6), False),
 }
-
-
-def _model(nodes, inits, inputs, outputs, sparse=True):
-    graph = helper.make_graph(
-        list(nodes), "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        initializer=list(inits))
-    domains = [helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)] if sparse else []
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *domains])
 
 
 def _pair(rng, case, fmt, block):
@@ -72,11 +63,12 @@ def test_chain_equals_two_nodes(fmt, block, case, threads):
     first, second, inits, feeds, (dense, dense_inits) = _pair(rng, case, fmt, block)
     chain = gk.make_sparse_chain_node(first, second)
     assert chain.op_type == "SparseConvChain" and list(chain.output) == ["Y", "Z"]
-    got = gk.session(_model([chain], inits, feeds, ["Y", "Z"]), threads=threads).run(None, feeds)
-    two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"]),
+    got = gk.session(graph_model([chain], inits, feeds, ["Y", "Z"]),
+                     threads=threads).run(None, feeds)
+    two = gk.session(graph_model([first, second], inits, feeds, ["Y", "Z"]),
                      threads=threads).run(None, feeds)
     import onnxruntime as ort
-    want = ort.InferenceSession(_model(dense, dense_inits, feeds, ["Y", "Z"], sparse=False)
+    want = ort.InferenceSession(graph_model(dense, dense_inits, feeds, ["Y", "Z"], sparse=False)
                                 .SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, feeds)
     for g, t, w in zip(got, two, want):
@@ -93,8 +85,8 @@ def test_chain_every_isa(fmt, block, isa, monkeypatch):
         rng = np.random.default_rng(5)
         first, second, inits, feeds, _ = _pair(rng, "1x1-residual-many", fmt, block)
         chain = gk.make_sparse_chain_node(first, second)
-        got = gk.session(_model([chain], inits, feeds, ["Y", "Z"])).run(None, feeds)
-        two = gk.session(_model([first, second], inits, feeds, ["Y", "Z"])).run(None, feeds)
+        got = gk.session(graph_model([chain], inits, feeds, ["Y", "Z"])).run(None, feeds)
+        two = gk.session(graph_model([first, second], inits, feeds, ["Y", "Z"])).run(None, feeds)
         for g, t in zip(got, two):
             assert_close(g, t.astype(np.float64))
 
@@ -126,7 +118,7 @@ def test_chain_missing_n2_is_a_clear_error():
     chain = gk.make_sparse_chain_node(first, second)
     del chain.attribute[[a.name for a in chain.attribute].index("n2")]
     with pytest.raises(Exception, match="n2"):
-        gk.session(_model([chain], inits, feeds, ["Y", "Z"]))
+        gk.session(graph_model([chain], inits, feeds, ["Y", "Z"]))
 
 
 @pytest.mark.parametrize("fmt,block", [("bsr", (1, 4)), ("csr", (1, 1))], ids=["bsr1x4", "csr"])
@@ -143,8 +135,8 @@ def test_chain_streams_a_large_second_output(fmt, block):
     second, i2 = gk.make_sparse_conv_node(cw2, "Y", "Z", prefix="b", **fmt_kwargs(fmt, block))
     feeds = {"X": x}
     chain = gk.make_sparse_chain_node(first, second)
-    got = gk.session(_model([chain], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
-    two = gk.session(_model([first, second], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
+    got = gk.session(graph_model([chain], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
+    two = gk.session(graph_model([first, second], i1 + i2, feeds, ["Y", "Z"])).run(None, feeds)
     for g, t in zip(got, two):
         assert_close(g, t.astype(np.float64))
 
@@ -177,9 +169,9 @@ def test_matmul_chain_equals_two_nodes(fmt, block, rows, keep_first, threads):
     chain = gk.make_sparse_chain_node(first, second, keep_first=keep_first)
     assert chain.op_type == "SparseMatMulChain"
     outs = ["Y", "Z"] if keep_first else ["Z"]
-    sess = gk.session(_model([chain], i1 + i2, feeds, outs), threads=threads)
+    sess = gk.session(graph_model([chain], i1 + i2, feeds, outs), threads=threads)
     got = sess.run(None, feeds)
-    two = gk.session(_model([first, second], i1 + i2, feeds, outs),
+    two = gk.session(graph_model([first, second], i1 + i2, feeds, outs),
                      threads=threads).run(None, feeds)
     for g, t in zip(got, two):
         assert_close(g, t.astype(np.float64))
@@ -192,8 +184,8 @@ def test_conv_chain_with_y_left_out():
     first, second, inits, feeds, _ = _pair(rng, "3x3-many", "bsr", (4, 4))
     chain = gk.make_sparse_chain_node(first, second, keep_first=False)
     assert list(chain.output) == ["", "Z"]
-    got = gk.session(_model([chain], inits, feeds, ["Z"])).run(None, feeds)[0]
-    want = gk.session(_model([first, second], inits, feeds, ["Z"])).run(None, feeds)[0]
+    got = gk.session(graph_model([chain], inits, feeds, ["Z"])).run(None, feeds)[0]
+    want = gk.session(graph_model([first, second], inits, feeds, ["Z"])).run(None, feeds)[0]
     assert_close(got, want.astype(np.float64))
 
 

@@ -11,10 +11,10 @@ import ctypes
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from graphprune import kernels as gk
-from kernels_testlib import assert_close, reference
+from kernels_testlib import assert_close, graph_model, reference, run_dense
 
 pytestmark = pytest.mark.usefixtures("library")
 
@@ -31,20 +31,11 @@ def jit_calls() -> int:
     return fn()
 
 
-def _model(nodes, inits, feeds, outputs=("Y",)):
-    graph = helper.make_graph(
-        list(nodes), "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        initializer=list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(gk.DOMAIN, gk.OPSET_VERSION)])
-
-
 def run(nodes, inits, feeds, threads=2, outputs=("Y",)):
     """The outputs and whether the generated code ran (the weights are packed, and their code
     written, when the session is created: GRAPHPRUNE_KERNELS_JIT is read then)."""
     before = jit_calls()
-    out = gk.session(_model(nodes, inits, feeds, outputs), threads=threads).run(None, feeds)
+    out = gk.session(graph_model(nodes, inits, feeds, outputs), threads=threads).run(None, feeds)
     return out, jit_calls() > before
 
 
@@ -138,10 +129,10 @@ def test_conv(conv, threads):
                                            format="csr", block=(1, 1), **attrs)
     (y,), ran = run([node], inits, {"X": x}, threads)
     assert ran
-    want = gk.session(_model([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)],
-                             [numpy_helper.from_array(cw, "W"),
-                              numpy_helper.from_array(bias, "B")], {"X": x}))
-    assert_close(y, np.maximum(want.run(None, {"X": x})[0], 0.0).astype(np.float64))
+    want = run_dense([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)],
+                     [numpy_helper.from_array(cw, "W"), numpy_helper.from_array(bias, "B")],
+                     {"X": x})
+    assert_close(y, np.maximum(want, 0.0).astype(np.float64))
 
 
 def test_matmul_chain():
